@@ -1,0 +1,132 @@
+"""Audio as tensors: load, save, resample, mono, loudness. Pure functions, no models.
+
+Contract: audio is float32 (C, T) or (B, C, T) in [-1, 1] with its sample rate
+carried beside it.  All file I/O goes through soundfile.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used: unreadable, empty, silent or not finite."""
+
+
+@dataclass
+class Audio:
+    """Waveform (C, T) or (B, C, T) plus its sample rate."""
+
+    samples: torch.Tensor
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return self.samples.shape[-1] / self.sample_rate
+
+
+def load_audio(
+    path: str | Path,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    *,
+    allow_silent: bool = False,
+) -> Audio:
+    """Read an audio file as float32 (C, T), optionally resampled and mixed to ``channels``."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for bad files
+        raise AudioError(f"cannot read audio file {path}: {err}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file {path} is empty")
+    wav = torch.from_numpy(np.ascontiguousarray(data.T))
+    check_audio(wav, str(path), allow_silent=allow_silent)
+    if channels is not None:
+        wav = to_channels(wav, channels)
+    if sample_rate is not None and sample_rate != sr:
+        wav = resample(wav, sr, sample_rate)
+        sr = sample_rate
+    return Audio(wav, sr)
+
+
+def check_audio(wav: torch.Tensor, name: str = "audio", *, allow_silent: bool = False) -> None:
+    """Raise :class:`AudioError` for empty, non-finite or silent audio."""
+    if wav.numel() == 0:
+        raise AudioError(f"{name} is empty")
+    if not torch.isfinite(wav).all():
+        raise AudioError(f"{name} contains NaN or infinite samples")
+    if not allow_silent and wav.abs().max() < 1e-5:
+        raise AudioError(f"{name} is silent")
+
+
+def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int, *, format: str | None = None) -> Path:
+    """Write (C, T) audio atomically (temp file + rename); the format follows the suffix."""
+    path = Path(path)
+    if wav.dim() == 3:
+        if wav.shape[0] != 1:
+            raise ValueError("save_audio takes one clip (C, T); got a batch")
+        wav = wav[0]
+    if wav.dim() == 1:
+        wav = wav[None]
+    fmt = (format or path.suffix.lstrip(".") or "wav").upper()
+    data = wav.detach().cpu().float().clamp(-1, 1).numpy().T
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
+        sf.write(tmp, data, sample_rate, format=fmt, subtype=subtype)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def to_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
+    """Mix down to mono or duplicate mono to stereo; (…, C, T) -> (…, channels, T)."""
+    c = wav.shape[-2]
+    if c == channels:
+        return wav
+    if channels == 1:
+        return wav.mean(dim=-2, keepdim=True)
+    if c == 1:
+        return wav.expand(*wav.shape[:-2], channels, wav.shape[-1]).contiguous()
+    raise AudioError(f"cannot convert {c} channels to {channels}")
+
+
+def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """Band-limited polyphase resampling (Kaiser-windowed sinc), any leading shape."""
+    if orig_sr == new_sr:
+        return wav
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(new_sr, orig_sr).limit_denominator(1000)
+    out = resample_poly(wav.detach().cpu().numpy(), ratio.numerator, ratio.denominator, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(wav.device)
+
+
+def rms_db(wav: torch.Tensor) -> float:
+    """RMS level in dBFS (a simple loudness proxy)."""
+    rms = wav.float().pow(2).mean().sqrt().item()
+    return 20 * math.log10(max(rms, 1e-10))
+
+
+def normalize_loudness(wav: torch.Tensor, target_db: float = -20.0, peak: float = 0.99) -> torch.Tensor:
+    """Scale to an RMS of ``target_db`` dBFS, then limit the peak to ``peak``."""
+    gain = 10 ** ((target_db - rms_db(wav)) / 20)
+    out = wav * gain
+    top = out.abs().max()
+    return out * (peak / top) if top > peak else out

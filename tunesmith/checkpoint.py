@@ -1,0 +1,209 @@
+"""Model directories: ``config.json`` + ``model.safetensors``, and nothing that can run code.
+
+A model class opts in with :func:`register_model`; it must take its config
+dataclass as the only constructor argument and keep it as ``self.config``.
+``save(model, dir)`` writes the directory; ``load(name_or_path)`` resolves a
+bundled name, a local path, or (when the network allows) a Hugging Face repo id,
+and rebuilds the model.  Weights are read with safetensors only: a pickle file in
+its place is refused before anything in it can execute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from tunesmith import __version__
+from tunesmith.config import ConfigError, from_dict, to_dict
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+BUNDLED_DIR = Path(__file__).parent / "models"
+
+M = TypeVar("M")
+
+_MODEL_TYPES: dict[str, tuple[type, type]] = {}
+
+
+class CheckpointError(ValueError):
+    """A model directory or checkpoint could not be read safely."""
+
+
+def register_model(name: str, config_class: type) -> Callable[[type[M]], type[M]]:
+    """Class decorator: make ``cls`` saveable/loadable under ``model_type`` ``name``."""
+
+    def wrap(cls: type[M]) -> type[M]:
+        _MODEL_TYPES[name] = (cls, config_class)
+        cls.model_type = name  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
+def model_types() -> list[str]:
+    return sorted(_MODEL_TYPES)
+
+
+# ---------------------------------------------------------------------------
+# tensors <-> files, atomically
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file so that readers see either the old or the new content."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Save tensors with safetensors (contiguous CPU copies; shared storage is fine)."""
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    save_file(flat, str(path), metadata=metadata)
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; anything else (a pickle above all) is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        raise CheckpointError(
+            f"{path} is a pickle/torch.save file, not safetensors; refusing to load it "
+            "(pickle can execute code). Convert it to safetensors in a trusted environment."
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {err}") from None
+
+
+# ---------------------------------------------------------------------------
+# model directories
+
+
+def save(model: torch.nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` for a registered model, atomically."""
+    model_type = getattr(model, "model_type", None)
+    if model_type not in _MODEL_TYPES:
+        raise TypeError(f"{type(model).__name__} is not a registered model (use @register_model)")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp"))
+    try:
+        meta = {
+            "model_type": model_type,
+            "tunesmith_version": __version__,
+            "config": to_dict(model.config),
+            **(extra or {}),
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v for k, v in model.state_dict().items()}
+        save_tensors(state, tmp / WEIGHTS_FILE)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """Find a model directory: local path, bundled name, or Hugging Face repo id."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    if (BUNDLED_DIR / text / CONFIG_FILE).is_file():
+        return BUNDLED_DIR / text
+    if text.count("/") == 1 and not path.exists() and not text.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            snapshot_download = None
+        if snapshot_download is not None:
+            try:
+                return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*/*"]))
+            except Exception as err:  # network or not-found: report, don't crash
+                raise CheckpointError(f"could not fetch '{text}' from the Hugging Face Hub: {err}") from None
+    known = ", ".join(bundled_models()) or "none"
+    raise CheckpointError(f"unknown model '{text}': not a directory and not a bundled model (bundled: {known})")
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a model directory."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a model directory: {CONFIG_FILE} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or "model_type" not in meta or "config" not in meta:
+        raise CheckpointError(f"{path}: expected keys 'model_type' and 'config'")
+    return meta
+
+
+def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a registered model from its directory (eval mode)."""
+    directory = resolve(name_or_path)
+    meta = read_model_config(directory)
+    _import_model_modules()
+    model_type = meta["model_type"]
+    if model_type not in _MODEL_TYPES:
+        raise CheckpointError(f"{directory}: unknown model_type '{model_type}' (known: {', '.join(model_types())})")
+    cls, config_class = _MODEL_TYPES[model_type]
+    try:
+        config = from_dict(config_class, meta["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{directory}/{CONFIG_FILE}: {err}") from None
+    model = cls(config)
+    state = load_tensors(directory / WEIGHTS_FILE)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory}: weights do not match the config (missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]})"
+        )
+    return model.to(map_location).eval()
+
+
+def _import_model_modules() -> None:
+    """Import the packages that register model types, so any saved type can load."""
+    import importlib
+
+    for mod in ("tunesmith.models_registry",):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass

@@ -1,0 +1,77 @@
+"""`tunesmith train KIND`: one command trains every model family through the same engine.
+
+A family plugs in by a module (see ``KINDS``) that exposes:
+
+- ``RunConfig``: a dataclass with at least a ``train: TrainConfig`` field;
+- presets registered under the kind ``run/<KIND>`` (``tiny`` at least);
+- ``make_task(config) -> Task`` and ``export(trainer, config, out_dir) -> Path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from tunesmith.config import apply_overrides, load_config, preset, preset_names, save_config
+
+KINDS: dict[str, str] = {
+    "codec": "tunesmith.codec.train",
+    "vae": "tunesmith.codec.train_vae",
+    "clap": "tunesmith.clap.train",
+    "lm": "tunesmith.lm.train",
+    "diffusion": "tunesmith.diffusion.train",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model with the shared engine (also under torchrun)")
+    p.add_argument("kind", choices=sorted(KINDS), help="what to train")
+    p.add_argument("--preset", default=None, help="named preset (e.g. tiny, small)")
+    p.add_argument("--config", default=None, help="JSON/YAML run config (overrides the preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=1000 (repeatable)")
+    p.add_argument("--out", default=None, help="run directory (sets train.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run directory")
+    p.add_argument("--export", default=None, help="write the trained model directory here when done")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run)
+
+
+def resolve_config(kind: str, preset_name: str | None, config_path: str | None, overrides: list[str],
+                   out: str | None):
+    module = importlib.import_module(KINDS[kind])
+    if config_path:
+        config = load_config(module.RunConfig, config_path)
+    else:
+        names = preset_names(f"run/{kind}")
+        config = preset(f"run/{kind}", preset_name or ("small" if "small" in names else names[0]))
+    if out:
+        overrides = [*overrides, f"train.out_dir={out}"]
+    return module, apply_overrides(config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tunesmith.train.engine import Trainer
+
+    module, config = resolve_config(args.kind, args.preset, args.config, args.overrides, args.out)
+    if args.print_config:
+        import json
+
+        from tunesmith.config import to_dict
+
+        print(json.dumps(to_dict(config), indent=2))
+        return 0
+    out_dir = Path(config.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "run_config.json")
+    task = module.make_task(config)
+    trainer = Trainer(task, config.train)
+    result = trainer.fit(resume=args.resume)
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; checkpoint saved. Resume with --resume --out {out_dir}")
+        return 0
+    if args.export and trainer.rank == 0:
+        path = module.export(trainer, config, Path(args.export))
+        print(f"model written to {path}")
+    return 0
