@@ -32,10 +32,11 @@ from tunesmith.config import ConfigError, from_dict, to_dict
 class Backbone(nn.Module):
     """A causal map (B, T, D) -> (B, T, D), with an incremental form for decoding.
 
-    Subclasses set ``dim`` and ``supports_cross_attention`` and implement the three
-    methods below.  ``cross`` (B, S, D) is the conditioning already projected to the
-    model width, ``cross_mask`` (B, S) bool is True where a conditioning position is
-    real.  A backbone without cross-attention raises ``ValueError`` when given
+    Subclasses set ``dim`` and ``supports_cross_attention`` (on the class: whether it
+    can be built with cross-attention; an instance built without it may set it
+    False) and implement the three methods below.  ``cross`` (B, S, D) is the
+    conditioning already projected to the model width, ``cross_mask`` (B, S) bool is
+    True where a conditioning position is real (at least one per row).  A backbone without cross-attention raises ``ValueError`` when given
     ``cross``; the LM then conditions it by prefix instead.
     """
 
@@ -148,6 +149,6 @@ def build_backbone(name: str, dim: int, options: dict[str, Any] | None = None, *
     """Construct the backbone registered as ``name`` at width ``dim``."""
     config = backbone_config(name, options)
     cls = _BACKBONES[name][0]
-    if cross_attention and not getattr(cls, "supports_cross_attention", False):
+    if cross_attention and not cls.supports_cross_attention:
         raise ConfigError(f"backbone '{name}' has no cross-attention; use conditioning='prefix'")
     return cls(dim, config, cross_attention=cross_attention)
