@@ -192,6 +192,7 @@ class TransformerBackbone(Backbone):
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.gradient_checkpointing = False
         self._rotary: tuple[torch.Tensor, torch.Tensor] = (torch.empty(0), torch.empty(0))
+        init_weights(self, config.num_layers)
 
     def _cos_sin(self, start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotary tables for positions start..end-1, from a table grown by doubling."""
@@ -247,5 +248,6 @@ def init_weights(module: nn.Module, num_layers: int) -> None:
     """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 L)."""
     for name, p in module.named_parameters():
         if p.dim() >= 2:
-            std = 0.02 / math.sqrt(2 * num_layers) if name.endswith(("out.weight", "ffn.2.weight")) else 0.02
+            residual_out = name.endswith(("out.weight", "ffn.2.weight"))  # writes into the residual stream
+            std = 0.02 / math.sqrt(2 * num_layers) if residual_out else 0.02
             nn.init.normal_(p, mean=0.0, std=std)

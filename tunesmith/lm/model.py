@@ -1,0 +1,246 @@
+"""The token language model: K codebook streams in, K distributions over the next cells out.
+
+MusicGen sec. 2 in one module:
+
+- the input at each pattern step is the *sum* of the K codebook embeddings of the
+  previous step (one table per codebook, plus a special id for "no token here");
+- a swappable causal backbone (``tunesmith.lm.backbones``) maps the steps to hidden
+  states;
+- K linear heads give logits over each codebook's entries.
+
+Conditioning comes two ways, both supported (MusicGen sec. 2.2):
+
+- ``cross``: text token states, projected to the model width, are attended to by
+  every block; a learned always-visible first entry keeps the attention well defined
+  when the text is dropped for classifier-free guidance;
+- ``prefix``: the projected text is prepended to the sequence instead (what a
+  backbone without cross-attention needs).
+
+Melody (MusicGen sec. 2.2, "melody conditioning") is always a prefix: the
+dominant chroma bin of each frame as a one-hot, projected to the model width.
+
+The sequence the backbone sees is ``[prefix | start | step 0 | ... | step S-2]`` and
+its output at ``start + s`` gives the logits of pattern step s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.checkpoint import register_model
+from tunesmith.lm.backbones import Backbone, backbone_config, build_backbone
+from tunesmith.lm.patterns import PATTERNS, num_steps
+
+
+@dataclass
+class LMConfig:
+    num_codebooks: int = 4
+    codebook_size: int = 2048
+    dim: int = 512
+    backbone: str = "transformer"
+    backbone_config: dict[str, Any] = field(default_factory=dict)  # options of that backbone
+    pattern: Literal["parallel", "delay", "flattening", "coarse_first"] = "delay"
+    conditioning: Literal["cross", "prefix"] = "cross"
+    text_encoder: str = "minilm"  # name for tunesmith.conditioning.text.get_text_encoder
+    text_dim: int = 384
+    max_text_tokens: int = 64  # text is truncated to this; the prefix form pads to it
+    melody: bool = False  # prepend a chroma one-hot prefix
+    chroma_bins: int = 12
+    frame_rate: float = 50.0  # codec frames per second
+    max_frames: int = 1500  # the trained context, in frames
+    text_dropout: float = 0.2  # probability of dropping the text in training (for CFG)
+    melody_dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.num_codebooks < 1 or self.codebook_size < 2 or self.dim < 8:
+            raise ValueError("need num_codebooks >= 1, codebook_size >= 2, dim >= 8")
+        if self.max_frames < 1 or self.max_text_tokens < 1 or self.frame_rate <= 0:
+            raise ValueError("max_frames, max_text_tokens and frame_rate must be positive")
+        for name in ("text_dropout", "melody_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"unknown pattern '{self.pattern}'")
+        backbone_config(self.backbone, self.backbone_config)  # unknown backbone or option: error now
+
+    @property
+    def special_token(self) -> int:
+        """Input id meaning "no token": the start of the sequence and the empty cells of a pattern."""
+        return self.codebook_size
+
+    def max_steps(self, num_frames: int | None = None) -> int:
+        return num_steps(self.pattern, self.num_codebooks, self.max_frames if num_frames is None else num_frames)
+
+
+@dataclass
+class Conditioning:
+    """What the model attends to or is prefixed with, already as tensors.
+
+    ``text`` (B, S, text_dim) with ``text_mask`` (B, S) bool (True = real token; a row
+    of all False means "no text", the unconditional case of CFG); ``melody`` (B, 12, F)
+    one-hot chroma per frame or all zeros for "no melody".
+    """
+
+    text: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+    melody: torch.Tensor | None = None
+
+    def batch_size(self) -> int | None:
+        for t in (self.text, self.melody):
+            if t is not None:
+                return t.shape[0]
+        return None
+
+    def null(self) -> "Conditioning":
+        """The same shapes with every condition dropped: the unconditional half of CFG."""
+        return Conditioning(
+            text=None if self.text is None else torch.zeros_like(self.text),
+            text_mask=None if self.text_mask is None else torch.zeros_like(self.text_mask),
+            melody=None if self.melody is None else torch.zeros_like(self.melody),
+        )
+
+    def cat(self, other: "Conditioning") -> "Conditioning":
+        """Stack two conditionings along the batch (conditional rows first)."""
+        both = lambda a, b: None if a is None else torch.cat([a, b], 0)  # noqa: E731
+        return Conditioning(both(self.text, other.text), both(self.text_mask, other.text_mask), both(self.melody, other.melody))
+
+    def repeat(self, n: int) -> "Conditioning":
+        rep = lambda a: None if a is None else a.repeat_interleave(n, 0)  # noqa: E731
+        return Conditioning(rep(self.text), rep(self.text_mask), rep(self.melody))
+
+    def to(self, device: torch.device | str) -> "Conditioning":
+        move = lambda a: None if a is None else a.to(device)  # noqa: E731
+        return Conditioning(move(self.text), move(self.text_mask), move(self.melody))
+
+
+def drop_conditions(cond: Conditioning, text_p: float, melody_p: float, generator: torch.Generator | None = None) -> Conditioning:
+    """Independently drop the text and the melody of each example (CFG training, MusicGen sec. 2.2)."""
+    B = cond.batch_size()
+    if B is None:
+        return cond
+    device = (cond.text if cond.text is not None else cond.melody).device
+    text, mask, melody = cond.text, cond.text_mask, cond.melody
+    if mask is not None and text_p > 0:
+        keep = torch.rand(B, generator=generator).to(device) >= text_p
+        mask = mask & keep[:, None]
+    if melody is not None and melody_p > 0:
+        keep = torch.rand(B, generator=generator).to(device) >= melody_p
+        melody = melody * keep[:, None, None].to(melody.dtype)
+    return Conditioning(text, mask, melody)
+
+
+@register_model("lm", LMConfig)
+class TokenLM(nn.Module):
+    """Sum of K embeddings -> backbone -> K heads, with text and melody conditioning."""
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        K, N, D = c.num_codebooks, c.codebook_size, c.dim
+        # One table holding K blocks of N + 1 rows; codebook k's id i is row k * (N + 1) + i.
+        self.embed = nn.Embedding(K * (N + 1), D)
+        self.register_buffer("embed_offsets", torch.arange(K).mul(N + 1)[None, :, None], persistent=False)
+        self.start = nn.Parameter(torch.zeros(D))
+        self.text_proj = nn.Linear(c.text_dim, D)
+        if c.conditioning == "cross":
+            self.cross_start = nn.Parameter(torch.zeros(D))  # always visible: no empty attention rows
+        else:
+            self.text_pad = nn.Parameter(torch.zeros(D))  # fills padding and dropped text in the prefix
+        self.melody_proj = nn.Linear(c.chroma_bins, D) if c.melody else None  # zeros -> its bias: "no melody"
+        self.backbone: Backbone = build_backbone(c.backbone, D, c.backbone_config, cross_attention=c.conditioning == "cross")
+        self.head = nn.Linear(D, K * N, bias=False)  # the K heads as one matrix: one matmul per step
+        # Our own layers start small (GPT-2 style); the backbone initialises itself.
+        for module in (self.embed, self.text_proj, self.head, self.melody_proj):
+            if module is not None:
+                nn.init.normal_(module.weight, std=0.02)
+        nn.init.normal_(self.start, std=0.02)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.backbone.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self.backbone.gradient_checkpointing = value
+
+    # -- inputs ------------------------------------------------------------
+
+    def embed_steps(self, ids: torch.Tensor) -> torch.Tensor:
+        """Pattern steps (B, K, S) of ids in [0, N] (N = special) -> (B, S, D), summed over K."""
+        return self.embed(ids + self.embed_offsets).sum(dim=1)
+
+    def condition(self, cond: Conditioning | None, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(prefix (B, P, D) or None, cross (B, S, D) or None, cross_mask (B, S) or None)."""
+        c = self.config
+        cond = cond or Conditioning()
+        prefix: list[torch.Tensor] = []
+        cross = cross_mask = None
+        if cond.text is not None:
+            if cond.text.shape[-1] != c.text_dim:
+                raise ValueError(f"text embeddings are {cond.text.shape[-1]}-dim, the model expects {c.text_dim}")
+            text = self.text_proj(cond.text[:, : c.max_text_tokens])
+            mask = cond.text_mask[:, : c.max_text_tokens] if cond.text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            if c.conditioning == "cross":
+                first = self.cross_start.expand(text.shape[0], 1, -1)
+                cross = torch.cat([first, text], 1)
+                cross_mask = F.pad(mask, (1, 0), value=True)
+            else:  # fixed length, so batches and the unconditional rows line up
+                text = F.pad(text, (0, 0, 0, c.max_text_tokens - text.shape[1]))
+                mask = F.pad(mask, (0, c.max_text_tokens - mask.shape[1]), value=False)
+                prefix.append(torch.where(mask[..., None], text, self.text_pad.to(text.dtype)))
+        elif c.conditioning == "cross":
+            cross = self.cross_start.expand(batch_size, 1, -1)
+            cross_mask = torch.ones(batch_size, 1, dtype=torch.bool, device=cross.device)
+        if c.melody:
+            if cond.melody is None:
+                raise ValueError("this model is melody-conditioned: give a melody (or zeros for none)")
+            prefix.append(self.melody_proj(cond.melody.transpose(1, 2).to(self.melody_proj.weight.dtype)))
+        elif cond.melody is not None:
+            raise ValueError("this model has no melody conditioning")
+        return (torch.cat(prefix, 1) if prefix else None), cross, cross_mask
+
+    def sequence_input(self, steps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+        """[prefix | start | embed(steps)]: the backbone input for steps (B, K, S') already known."""
+        B = steps.shape[0]
+        parts = [] if prefix is None else [prefix]
+        parts += [self.start.expand(B, 1, -1), self.embed_steps(steps)]
+        return torch.cat(parts, 1)
+
+    # -- outputs -----------------------------------------------------------
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden (B, S, D) -> logits (B, K, S, N)."""
+        B, S, _ = hidden.shape
+        c = self.config
+        return self.head(hidden).view(B, S, c.num_codebooks, c.codebook_size).permute(0, 2, 1, 3)
+
+    def forward(self, steps: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, K, S, N) for the pattern sequence ``steps`` (B, K, S).
+
+        The logits at step s depend only on steps 0..s-1 and the conditioning.
+        """
+        c = self.config
+        if steps.dim() != 3 or steps.shape[1] != c.num_codebooks:
+            raise ValueError(f"steps must be (B, K={c.num_codebooks}, S), got {tuple(steps.shape)}")
+        if steps.numel() and (int(steps.min()) < 0 or int(steps.max()) > c.special_token):
+            raise ValueError(f"token ids must be in [0, {c.special_token}]")
+        prefix, cross, cross_mask = self.condition(cond, steps.shape[0])
+        x = self.sequence_input(steps[:, :, :-1], prefix)
+        hidden = self.backbone(x, cross, cross_mask)
+        P = 0 if prefix is None else prefix.shape[1]
+        return self.logits(hidden[:, P:])
+
+    def loss(self, steps: torch.Tensor, valid: torch.Tensor, cond: Conditioning | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over the real cells (``valid`` (K, S) or (B, K, S)), and per codebook (K,)."""
+        logits = self.forward(steps, cond)
+        ce = F.cross_entropy(logits.flatten(0, 2).float(), steps.clamp_max(self.config.codebook_size - 1).flatten(), reduction="none")
+        weights = valid.expand_as(steps).to(ce.dtype).flatten()
+        per_cell = ce * weights
+        total = per_cell.sum() / weights.sum().clamp_min(1)
+        per_k = per_cell.view(steps.shape).sum((0, 2)) / weights.view(steps.shape).sum((0, 2)).clamp_min(1)
+        return total, per_k.detach()
