@@ -1,0 +1,174 @@
+"""Captions and tags from the exact facts of a rendered clip.
+
+Tags are the facts themselves (what evaluation checks); captions say the same facts in
+natural language with varied wording, order and synonyms, drawn from a seeded generator,
+so a model learns the facts rather than one template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MAJOR_NAMES = ["C", "D-flat", "D", "E-flat", "E", "F", "F-sharp", "G", "A-flat", "A", "B-flat", "B"]
+MINOR_NAMES = ["C", "C-sharp", "D", "E-flat", "E", "F", "F-sharp", "G", "G-sharp", "A", "B-flat", "B"]
+
+# every phrase a caption may use for an instrument; tests map captions back through this
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "piano": ("piano", "acoustic piano", "grand piano"),
+    "bright piano": ("bright piano", "bright acoustic piano"),
+    "electric piano": ("electric piano", "Rhodes-style electric piano"),
+    "drum kit": ("drums", "drum kit", "a drum kit"),
+    "string ensemble": ("string ensemble", "string section", "strings"),
+    "choir": ("choir", "voices"),
+    "church organ": ("church organ", "pipe organ"),
+    "drawbar organ": ("drawbar organ", "electric organ"),
+    "steel guitar": ("steel-string acoustic guitar", "acoustic guitar"),
+    "nylon guitar": ("nylon-string guitar", "classical guitar"),
+    "upright bass": ("upright bass", "double bass"),
+    "brass section": ("brass section", "brass"),
+    "warm pad": ("warm synth pad", "warm pad"),
+    "polysynth pad": ("polysynth pad", "synth pad"),
+}
+
+STYLE_NOUNS = {
+    "chamber": ("chamber piece", "chamber arrangement", "piece of chamber music"),
+    "chorale": ("chorale", "hymn setting", "chorale arrangement"),
+    "march": ("march", "marching tune"),
+    "waltz": ("waltz",),
+    "rock": ("rock arrangement", "rock track", "rock instrumental"),
+    "pop": ("pop instrumental", "pop arrangement", "pop tune"),
+    "swing": ("swing tune", "swing number", "jazz arrangement"),
+    "ballad": ("ballad", "slow ballad"),
+    "jig": ("jig", "folk dance tune", "jig-like dance"),
+    "folk": ("folk tune", "folk arrangement", "traditional tune"),
+    "electronic": ("electronic track", "synth-driven piece", "electronic arrangement"),
+    "ambient": ("ambient piece", "ambient soundscape", "ambient arrangement"),
+}
+
+DYNAMIC_WORDS = {"pp": ("very soft", "very quiet", "hushed"), "p": ("soft", "quiet", "gentle"),
+                 "mp": ("moderately soft", "restrained"), "mf": ("moderately loud", "medium loud"),
+                 "f": ("loud", "strong", "forceful"), "ff": ("very loud", "powerful", "full-throated")}
+ERA_WORDS = {"baroque": "Baroque", "classical": "Classical-era", "romantic": "Romantic-era",
+             "renaissance": "Renaissance", "medieval": "medieval", "traditional": "traditional"}
+
+
+def key_label(tonic_pc: int, mode: str) -> str:
+    """'B-flat' style tonic name, spelled as the key signature would be."""
+    return (MAJOR_NAMES if mode == "major" else MINOR_NAMES)[tonic_pc % 12]
+
+
+def mmss(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def _pick(rng: np.random.Generator, options) -> Any:
+    options = list(options)
+    return options[int(rng.integers(len(options)))]
+
+
+def say_instrument(name: str, rng: np.random.Generator) -> str:
+    return _pick(rng, SYNONYMS.get(name, (name,)))
+
+
+def join_words(words: list[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def instrumentation(tags: dict[str, Any], rng: np.random.Generator) -> str:
+    """'string quartet' when the ensemble sounds complete, otherwise the instruments named one by one."""
+    names = tags["instruments"]
+    if tags.get("ensemble_complete") and rng.random() < 0.5:
+        return tags["ensemble"]
+    return join_words([say_instrument(n, rng) for n in names])
+
+
+def tempo_phrase(bpm: int, rng: np.random.Generator) -> str:
+    return _pick(rng, (f"about {bpm} BPM", f"around {bpm} beats per minute", f"at roughly {bpm} bpm",
+                       f"{bpm} BPM", f"a tempo of about {bpm} BPM"))
+
+
+def pace_word(bpm: int) -> str:
+    return "slow" if bpm < 76 else "moderate" if bpm < 112 else "fast" if bpm < 150 else "very fast"
+
+
+def dynamics_phrase(tags: dict[str, Any], rng: np.random.Generator) -> str:
+    lo, hi = tags["dynamics_range"]
+    if lo == hi:
+        return _pick(rng, DYNAMIC_WORDS[lo])
+    return _pick(rng, (f"moving between {_pick(rng, DYNAMIC_WORDS[lo])} and {_pick(rng, DYNAMIC_WORDS[hi])}",
+                       f"from {_pick(rng, DYNAMIC_WORDS[lo])} to {_pick(rng, DYNAMIC_WORDS[hi])} passages"))
+
+
+def source_phrase(tags: dict[str, Any], rng: np.random.Generator) -> str:
+    composer, era, title = tags.get("composer", ""), tags.get("era", ""), tags.get("work", "")
+    if composer and composer not in ("traditional", "anonymous"):
+        return _pick(rng, (f"arranged from {composer}'s {title}" if title else f"after {composer}",
+                           f"after a {ERA_WORDS.get(era, era)} work by {composer}", f"based on music by {composer}"))
+    if tags.get("collection_label"):
+        return _pick(rng, (f"based on a {ERA_WORDS.get(era, 'traditional')} melody from {tags['collection_label']}",
+                           f"arranged from the tune \"{title}\"" if title else "arranged from a traditional tune"))
+    return f"based on a {ERA_WORDS.get(era, 'traditional')} melody" if era else ""
+
+
+def caption(tags: dict[str, Any], rng: np.random.Generator) -> str:
+    """One natural-language description of a clip; every fact in it comes from ``tags``."""
+    adjective = _pick(rng, tags["adjectives"]) if tags.get("adjectives") and rng.random() < 0.7 else pace_word(tags["tempo_bpm"])
+    noun = _pick(rng, STYLE_NOUNS.get(tags["style"], ("piece",)))
+    inst = instrumentation(tags, rng)
+    key = f"{tags['key']} {tags['mode']}"
+    tempo = tempo_phrase(tags["tempo_bpm"], rng)
+    article = "An" if adjective[0].lower() in "aeiou" else "A"
+    forms = [
+        f"{article} {adjective} {noun} for {inst} in {key}, {tempo}.",
+        f"{inst[0].upper() + inst[1:]} play{'s' if len(tags['instruments']) == 1 else ''} a {adjective} {noun} in {key} at {tempo.replace('a tempo of ', '')}.",
+        f"{key[0].upper() + key[1:]} {noun}, {adjective}, featuring {inst}; {tempo}.",
+        f"{article} {adjective} {noun} in {key} with {inst}, {tempo}.",
+    ]
+    text = _pick(rng, forms)
+    extras = []
+    if rng.random() < 0.5:
+        extras.append(f"The dynamics are {dynamics_phrase(tags, rng)}.")
+    if rng.random() < 0.35 and tags["meter"] != "mixed":
+        extras.append(_pick(rng, (f"In {tags['meter']} time.", f"The meter is {tags['meter']}.")))
+    src = source_phrase(tags, rng) if rng.random() < 0.45 else ""
+    if src:
+        extras.append(src[0].upper() + src[1:] + ".")
+    if rng.random() < 0.25 and tags.get("space") in ("hall", "dry"):
+        extras.append("Recorded with a spacious hall reverb." if tags["space"] == "hall" else "A dry, close sound.")
+    order = list(rng.permutation(len(extras)))
+    text = " ".join([text] + [extras[i] for i in order])
+    if tags.get("segments") and len(tags["segments"]) > 1:
+        text += " " + "; ".join(seg["text"] for seg in tags["segments"]) + "."
+    return text
+
+
+def segment_texts(segments: list[dict[str, Any]], rng: np.random.Generator) -> list[str]:
+    """'0:00-0:12 solo piano, soft' then what changes: who joins or drops out, louder or softer."""
+    out = []
+    levels = ("pp", "p", "mp", "mf", "f", "ff")
+    for k, seg in enumerate(segments):
+        span = f"{mmss(seg['start'])}-{mmss(seg['end'])}"
+        if k == 0:
+            who = seg["instruments"]
+            desc = ("solo " + say_instrument(who[0], rng)) if len(who) == 1 else join_words([say_instrument(n, rng) for n in who])
+            out.append(f"{span} {desc}, {_pick(rng, DYNAMIC_WORDS[seg['dynamics']])}")
+            continue
+        prev = segments[k - 1]
+        joined = [n for n in seg["instruments"] if n not in prev["instruments"]]
+        left = [n for n in prev["instruments"] if n not in seg["instruments"]]
+        parts = []
+        if joined:
+            parts.append(f"{join_words([say_instrument(n, rng) for n in joined])} {_pick(rng, ('join', 'come in', 'enter'))}")
+        if left:
+            parts.append(f"{join_words([say_instrument(n, rng) for n in left])} {_pick(rng, ('drop out', 'fall silent', 'stop'))}")
+        step = levels.index(seg["dynamics"]) - levels.index(prev["dynamics"])
+        if step:
+            parts.append(_pick(rng, ("louder", "growing louder", "more intense")) if step > 0
+                         else _pick(rng, ("softer", "quieter", "calmer")))
+        out.append(f"{span} {', '.join(parts) if parts else 'continues'}")
+    return out

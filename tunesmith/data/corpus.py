@@ -1,0 +1,281 @@
+"""Build the open training corpus: works -> arrangements -> FluidSynth renders -> captioned clips.
+
+The plan (which work, which render, in what order) is fixed by the seed before anything is
+rendered; workers render units in parallel and results are consumed in plan order, so the
+manifest is the same bytes whatever the number of processes or interruptions.  Each unit's
+result is saved as it finishes; a rerun skips finished units (resume).  A ``READY`` file
+marks a complete build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import re
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tunesmith.audio import normalize_loudness, rms_db, save_audio
+from tunesmith.checkpoint import atomic_write_text
+from tunesmith.data.arrange import arrange
+from tunesmith.data.captions import caption
+from tunesmith.data.clips import clip_tags, plan_clips
+from tunesmith.data.manifest import write_manifest
+from tunesmith.data.midi import clip_midi
+from tunesmith.data.render import render
+from tunesmith.data.score import Piece, ScoreError, parse_work
+from tunesmith.data.soundfont import find_soundfont
+from tunesmith.data.sources import COLLECTION_LABELS, WorkRef, folder_works, music21_works, read_metadata
+
+SPLIT_FRACTIONS = (("train", 0.9), ("valid", 0.05), ("test", 0.05))
+TARGET_DB = -20.0
+
+
+@dataclass
+class BuildOptions:
+    out: str
+    hours: float
+    seed: int = 0
+    sample_rate: int = 24000
+    channels: int = 1
+    min_clip: float = 10.0
+    max_clip: float = 30.0
+    max_clips_per_render: int = 4
+    max_render_seconds: float = 120.0
+    sources: list[str] = field(default_factory=lambda: ["music21"])
+    metadata: str | None = None
+    min_rating: float | None = None
+    require_tags: list[str] = field(default_factory=list)
+    soundfont: str | None = None
+    workers: int = 2
+    audio_format: str = "flac"
+
+    def __post_init__(self) -> None:
+        if not self.hours > 0:
+            raise ValueError(f"--hours must be positive, got {self.hours}")
+        if self.channels not in (1, 2):
+            raise ValueError(f"--channels must be 1 or 2, got {self.channels}")
+        if not 8000 <= self.sample_rate <= 96000:
+            raise ValueError(f"--sample-rate must be within 8000..96000, got {self.sample_rate}")
+        if not 1.0 <= self.min_clip <= self.max_clip:
+            raise ValueError(f"need 1 <= --min-clip <= --max-clip, got {self.min_clip}, {self.max_clip}")
+        if self.audio_format not in ("flac", "wav"):
+            raise ValueError(f"--format must be flac or wav, got {self.audio_format}")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process and Python version."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def split_of(work_id: str) -> str:
+    """train/valid/test by a hash of the work id: a work (all its renders) sits in one split only."""
+    u = stable_hash("split:" + work_id) / 2**64
+    total = 0.0
+    for name, fraction in SPLIT_FRACTIONS:
+        total += fraction
+        if u < total:
+            return name
+    return SPLIT_FRACTIONS[-1][0]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def list_works(options: BuildOptions) -> list[WorkRef]:
+    """All works of the requested sources, sorted by id."""
+    metadata = None
+    if options.metadata:
+        metadata = read_metadata(options.metadata, options.min_rating, tuple(options.require_tags))
+    works: list[WorkRef] = []
+    for source in options.sources:
+        works += music21_works() if source == "music21" else folder_works(source, metadata)
+    if not works:
+        raise FileNotFoundError(f"no score files found in sources {options.sources}")
+    return sorted({w.id: w for w in works}.values(), key=lambda w: w.id)
+
+
+def plan_units(works: list[WorkRef], seed: int) -> Iterator[tuple[WorkRef, int]]:
+    """(work, render index) in build order: groups interleaved, each group shuffled by the seed.
+
+    After every work has been rendered once, the cycle repeats with new render indices,
+    so a build can grow past the number of works.
+    """
+    groups: dict[str, list[WorkRef]] = {}
+    for w in works:
+        groups.setdefault(w.group, []).append(w)
+    rng = np.random.default_rng([seed, 1])
+    order = {g: [ws[i] for i in rng.permutation(len(ws))] for g, ws in sorted(groups.items())}
+    render_index = 0
+    while True:
+        queues = {g: deque(ws) for g, ws in order.items()}
+        while any(queues.values()):
+            for g in sorted(queues):
+                if queues[g]:
+                    yield queues[g].popleft(), render_index
+        render_index += 1
+
+
+# ---------------------------------------------------------------------------
+# one unit = one render of one work, done in a worker process
+
+_OPTIONS: BuildOptions | None = None
+_SOUNDFONT: str = ""
+
+
+def _init_worker(options: BuildOptions, soundfont: str) -> None:
+    global _OPTIONS, _SOUNDFONT
+    _OPTIONS, _SOUNDFONT = options, soundfont
+    torch.set_num_threads(1)
+
+
+def _fingerprint(options: BuildOptions) -> str:
+    """The options that change a unit's output (not hours, workers or the output folder)."""
+    keep = ("seed", "sample_rate", "channels", "min_clip", "max_clip", "max_clips_per_render", "max_render_seconds",
+            "audio_format")
+    return json.dumps({k: getattr(options, k) for k in keep}, sort_keys=True)
+
+
+def _unit_path(out: Path, work: WorkRef, render_index: int, options: BuildOptions) -> Path:
+    return out / "units" / f"{stable_hash(f'{work.id}|{render_index}|{_fingerprint(options)}'):016x}.json"
+
+
+def load_piece(out: Path, work: WorkRef) -> Piece:
+    """Parse a work once; later renders read the cached JSON reduction."""
+    path = out / "cache" / "pieces" / f"{stable_hash(work.id):016x}.json"
+    if path.is_file():
+        return Piece.from_dict(json.loads(path.read_text()))
+    piece = parse_work(work.path, work.number, **work.parse_meta())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(piece.to_dict()))
+    return piece
+
+
+def process_unit(work: WorkRef, render_index: int, options: BuildOptions, soundfont: str) -> dict[str, Any]:
+    """Arrange, render and cut one work; returns {"records": [...]} or {"skipped": reason}."""
+    out = Path(options.out)
+    unit_file = _unit_path(out, work, render_index, options)
+    if unit_file.is_file():
+        result = json.loads(unit_file.read_text())
+        if all((out / r["audio"]).is_file() for r in result.get("records", [])):
+            return result
+    try:
+        piece = load_piece(out, work)
+    except ScoreError as err:
+        result = {"work": work.id, "render": render_index, "skipped": str(err)}
+        atomic_write_text(unit_file, json.dumps(result))
+        return result
+    rng = np.random.default_rng([options.seed, stable_hash(work.id) % 2**63, render_index])
+    arr = arrange(piece, rng, render_index, group=work.group, max_seconds=options.max_render_seconds,
+                  min_seconds=max(options.max_clip, 20.0))
+    audio = torch.from_numpy(render(arr, soundfont, options.sample_rate, options.channels))
+    audio = normalize_loudness(audio, TARGET_DB, peak=0.95)
+    clips = plan_clips(arr, rng, options.min_clip, options.max_clip, options.max_clips_per_render)
+    info = {"title": piece.title, "composer": piece.composer, "era": piece.era, "collection": piece.collection,
+            "collection_label": COLLECTION_LABELS.get(piece.collection, "")}
+    split = split_of(work.id)
+    records = []
+    for k, clip in enumerate(clips):
+        clip_id = f"{slug(work.id)}-r{render_index}-c{k}"
+        a, b = int(round(clip.start * options.sample_rate)), int(round(clip.end * options.sample_rate))
+        wav = audio[:, a:b]
+        if wav.shape[-1] == 0 or rms_db(wav) < -60:
+            continue
+        tags = clip_tags(arr, clip, info, rng)
+        text = caption(tags, rng)
+        tags.pop("adjectives")
+        rel_audio = Path("audio") / work.group / f"{clip_id}.{options.audio_format}"
+        rel_midi = Path("midi") / work.group / f"{clip_id}.mid"
+        (out / rel_audio).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel_midi).parent.mkdir(parents=True, exist_ok=True)
+        save_audio(out / rel_audio, wav, options.sample_rate)
+        clip_midi(arr, clip.start_tick, clip.end_tick).save(str(out / rel_midi))
+        records.append({
+            "id": clip_id, "audio": str(rel_audio), "midi": str(rel_midi), "caption": text, "tags": tags,
+            "duration": round(wav.shape[-1] / options.sample_rate, 4), "sample_rate": options.sample_rate,
+            "channels": options.channels, "split": split, "source": work.id, "offset": round(clip.start, 4),
+        })
+    result = {"work": work.id, "render": render_index, "records": records}
+    if not records:
+        result["skipped"] = "no clip fits the clip length limits"
+    atomic_write_text(unit_file, json.dumps(result))
+    return result
+
+
+def _run_unit(job: tuple[WorkRef, int]) -> dict[str, Any]:
+    assert _OPTIONS is not None
+    try:
+        return process_unit(job[0], job[1], _OPTIONS, _SOUNDFONT)
+    except Exception as err:  # a bad work must not stop the build; it is logged and counted
+        return {"work": job[0].id, "render": job[1], "skipped": f"{type(err).__name__}: {err}"}
+
+
+# ---------------------------------------------------------------------------
+# the driver
+
+
+def build_corpus(options: BuildOptions, progress: bool = True) -> dict[str, Any]:
+    """Build (or resume) a corpus of ``options.hours`` hours; returns the summary written to build.json."""
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "units").mkdir(exist_ok=True)
+    soundfont = str(find_soundfont(options.soundfont))
+    (out / "READY").unlink(missing_ok=True)
+    works = list_works(options)
+    target = options.hours * 3600.0
+    records: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    total = 0.0
+    units = plan_units(works, options.seed)
+    bar = tqdm(total=round(target), unit="s", desc="corpus", disable=not progress, smoothing=0.05)
+    ctx = mp.get_context("fork" if hasattr(mp, "get_context") else None)
+    in_flight: deque = deque()
+    pool = ctx.Pool(options.workers, initializer=_init_worker, initargs=(options, soundfont)) if options.workers > 1 else None
+    if pool is None:
+        _init_worker(options, soundfont)
+    max_units = 50 * len(works)
+    submitted = 0
+    try:
+        while total < target:
+            while len(in_flight) < 2 * options.workers and submitted < max_units:
+                job = next(units)
+                in_flight.append(pool.apply_async(_run_unit, (job,)) if pool else job)
+                submitted += 1
+            if not in_flight:
+                break
+            head = in_flight.popleft()
+            result = head.get() if pool else _run_unit(head)
+            if result.get("skipped"):
+                skipped.append({"work": result["work"], "render": result["render"], "reason": result["skipped"]})
+                bar.write(f"skipped {result['work']} (render {result['render']}): {result['skipped']}")
+            for record in result.get("records", []):
+                if total >= target:
+                    break
+                records.append(record)
+                total += record["duration"]
+                bar.update(round(total) - bar.n)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        bar.close()
+    write_manifest(out / "manifest.jsonl", records)
+    with (out / "skipped.jsonl").open("w", encoding="utf-8") as f:
+        for s in skipped:
+            f.write(json.dumps(s, sort_keys=True) + "\n")
+    from tunesmith.data.card import write_card
+
+    summary = write_card(out, records, skipped, asdict(options) | {"soundfont": soundfont})
+    (out / "READY").write_text("complete\n")
+    return summary
