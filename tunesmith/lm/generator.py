@@ -1,0 +1,155 @@
+"""The token LM as a :class:`tunesmith.generator.Generator`: text (+ melody, + audio prompt) -> audio.
+
+A generator directory is the LM's model directory (``config.json`` with
+``generator_type: "token-lm"`` + ``model.safetensors``) with the codec's model
+directory inside it as ``codec/``.  The text encoder is named by the LM config
+and is frozen, so it is not stored.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from tunesmith.audio import Audio, load_audio, resample, to_channels
+from tunesmith.checkpoint import load_model, save
+from tunesmith.conditioning.melody import dominant_chroma
+from tunesmith.conditioning.text import TextEncoder, get_text_encoder
+from tunesmith.generator import check_request, register_generator
+from tunesmith.lm.decode import generate_tokens
+from tunesmith.lm.model import Conditioning, TokenLM
+
+GENERATOR_TYPE = "token-lm"
+CODEC_DIR = "codec"
+
+
+class TokenCodec(Protocol):
+    """What the generator needs from a codec (tunesmith.codec's RVQ codec has it)."""
+
+    frame_rate: float
+    num_codebooks: int
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor: ...  # (B, C, T) -> (B, K, F)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...  # (B, k <= K, F) -> (B, C, T)
+
+
+def codec_sample_rate(codec: Any) -> int:
+    rate = getattr(codec, "sample_rate", None) or getattr(getattr(codec, "config", None), "sample_rate", None)
+    if rate is None:
+        raise ValueError(f"{type(codec).__name__} does not say its sample_rate")
+    return int(rate)
+
+
+def codec_channels(codec: Any) -> int:
+    return int(getattr(codec, "channels", None) or getattr(getattr(codec, "config", None), "channels", 1))
+
+
+def _as_audio(value: Any, name: str) -> Audio:
+    if isinstance(value, Audio):
+        return value
+    if isinstance(value, (str, Path)):
+        return load_audio(value)
+    raise TypeError(f"{name} must be an Audio or a path to an audio file, got {type(value).__name__}")
+
+
+class TokenLMGenerator:
+    """Text -> tokens (the LM) -> audio (the codec's decoder)."""
+
+    generator_type = GENERATOR_TYPE
+
+    def __init__(self, lm: TokenLM, codec: TokenCodec, text_encoder: TextEncoder | None = None, *, max_duration: float = 300.0) -> None:
+        if abs(float(codec.frame_rate) - lm.config.frame_rate) > 1e-6:
+            raise ValueError(f"codec frame rate {codec.frame_rate} differs from the LM's {lm.config.frame_rate}")
+        if codec.num_codebooks < lm.config.num_codebooks:
+            raise ValueError(f"codec has {codec.num_codebooks} codebooks, the LM predicts {lm.config.num_codebooks}")
+        self.lm, self.codec = lm.eval(), codec.eval() if hasattr(codec, "eval") else codec
+        self.text_encoder = text_encoder or get_text_encoder(lm.config.text_encoder)
+        if self.text_encoder.dim != lm.config.text_dim:
+            raise ValueError(f"text encoder gives {self.text_encoder.dim}-dim states, the LM expects {lm.config.text_dim}")
+        self.sample_rate = codec_sample_rate(codec)
+        self.channels = codec_channels(codec)
+        self.frame_rate = lm.config.frame_rate
+        self.max_duration = max_duration
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def conditioning(self, prompts: list[str], num_frames: int, melody: Any = None) -> Conditioning:
+        """Text states for ``prompts`` and, for a melody model, the reference's one-hot chroma."""
+        text, mask = self.text_encoder.encode(prompts)
+        chroma = None
+        if self.lm.config.melody:
+            if melody is None:
+                chroma = torch.zeros(len(prompts), self.lm.config.chroma_bins, num_frames)
+            else:
+                ref = _as_audio(melody, "melody")
+                wav = ref.samples if ref.samples.dim() == 3 else ref.samples[None]
+                chroma = dominant_chroma(wav, ref.sample_rate, self.frame_rate, num_frames)
+                if chroma.shape[0] == 1:
+                    chroma = chroma.expand(len(prompts), -1, -1)
+                elif chroma.shape[0] != len(prompts):
+                    raise ValueError(f"{chroma.shape[0]} melodies for {len(prompts)} prompts")
+        elif melody is not None:
+            raise ValueError("this model is not melody-conditioned; drop the melody control")
+        return Conditioning(text, mask, chroma).to(self.device)
+
+    def prompt_tokens(self, audio: Any, batch: int) -> torch.Tensor:
+        """Codec tokens (B, K, F) of an audio prompt to continue."""
+        ref = _as_audio(audio, "prompt_audio")
+        wav = ref.samples if ref.samples.dim() == 3 else ref.samples[None]
+        if ref.sample_rate != self.sample_rate:
+            wav = resample(wav, ref.sample_rate, self.sample_rate)
+        wav = to_channels(wav, self.channels)
+        with torch.inference_mode():
+            tokens = self.codec.encode(wav.to(self.device))[:, : self.lm.config.num_codebooks]
+        return tokens.expand(batch, -1, -1) if tokens.shape[0] == 1 else tokens
+
+    def generate(
+        self,
+        prompts: str | list[str],
+        duration: float,
+        seed: int = 0,
+        *,
+        progress: bool = False,
+        cfg: float = 3.0,
+        temperature: float = 1.0,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        melody: Any = None,
+        prompt_audio: Any = None,
+        **controls: Any,
+    ) -> Audio:
+        """Audio (B, C, duration * sample_rate).  With ``prompt_audio`` the output starts
+        with the prompt and continues it; ``melody`` (Audio or path) guides a melody model."""
+        if controls:
+            raise ValueError(f"unknown controls for the token LM: {', '.join(sorted(controls))}")
+        items = check_request(prompts, duration, self.max_duration)
+        num_frames = max(1, math.ceil(duration * self.frame_rate))
+        cond = self.conditioning(items, num_frames, melody)
+        prompt = self.prompt_tokens(prompt_audio, len(items)) if prompt_audio is not None else None
+        tokens = generate_tokens(self.lm, num_frames, cond, batch_size=len(items), prompt=prompt, cfg_scale=cfg,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, progress=progress)
+        with torch.inference_mode():
+            decode = getattr(self.codec, "decode_long", self.codec.decode)
+            wav = decode(tokens).float().cpu()
+        samples = round(duration * self.sample_rate)
+        wav = torch.nn.functional.pad(wav, (0, max(0, samples - wav.shape[-1])))[..., :samples]
+        return Audio(wav.clamp(-1.0, 1.0), self.sample_rate)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the generator directory: the LM, and the codec under ``codec/``."""
+        directory = save(self.lm, directory, extra={"generator_type": GENERATOR_TYPE})
+        save(self.codec, directory / CODEC_DIR)  # type: ignore[arg-type]
+        return directory
+
+
+@register_generator(GENERATOR_TYPE)
+def load_token_lm(directory: Path, device: str = "cpu") -> TokenLMGenerator:
+    lm = load_model(directory, map_location=device)
+    codec = load_model(Path(directory) / CODEC_DIR, map_location=device)
+    return TokenLMGenerator(lm, codec)  # type: ignore[arg-type]
