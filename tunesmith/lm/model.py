@@ -236,11 +236,20 @@ class TokenLM(nn.Module):
         return self.logits(hidden[:, P:])
 
     def loss(self, steps: torch.Tensor, valid: torch.Tensor, cond: Conditioning | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over the real cells (``valid`` (K, S) or (B, K, S)), and per codebook (K,)."""
-        logits = self.forward(steps, cond)
-        ce = F.cross_entropy(logits.flatten(0, 2).float(), steps.clamp_max(self.config.codebook_size - 1).flatten(), reduction="none")
-        weights = valid.expand_as(steps).to(ce.dtype).flatten()
-        per_cell = ce * weights
-        total = per_cell.sum() / weights.sum().clamp_min(1)
-        per_k = per_cell.view(steps.shape).sum((0, 2)) / weights.view(steps.shape).sum((0, 2)).clamp_min(1)
-        return total, per_k.detach()
+        """Teacher-forced :func:`token_loss` of the pattern sequence ``steps``."""
+        return token_loss(self.forward(steps, cond), steps, valid)
+
+
+def token_loss(logits: torch.Tensor, steps: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the real cells, and its mean per codebook (K,).
+
+    ``logits`` (B, K, S, N); ``steps`` (B, K, S) targets (the special id N marks empty
+    cells); ``valid`` (K, S) or (B, K, S) says which cells count.
+    """
+    N = logits.shape[-1]
+    ce = F.cross_entropy(logits.flatten(0, 2).float(), steps.clamp_max(N - 1).flatten(), reduction="none")
+    weights = valid.expand_as(steps).to(ce.dtype)
+    per_cell = ce.view(steps.shape) * weights
+    total = per_cell.sum() / weights.sum().clamp_min(1)
+    per_k = per_cell.sum((0, 2)) / weights.sum((0, 2)).clamp_min(1)
+    return total, per_k.detach()
