@@ -190,11 +190,16 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
         raise CheckpointError(f"{directory}/{CONFIG_FILE}: {err}") from None
     model = cls(config)
     state = load_tensors(directory / WEIGHTS_FILE)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
         raise CheckpointError(
-            f"{directory}: weights do not match the config (missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]})"
+            f"{directory}: weights do not match the config (missing: {missing[:3]}, "
+            f"unexpected: {unexpected[:3]}, wrong shape: {wrong_shape[:3]})"
         )
+    model.load_state_dict(state)
     return model.to(map_location).eval()
 
 

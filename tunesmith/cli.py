@@ -14,6 +14,7 @@ import sys
 from typing import Callable, Sequence
 
 from tunesmith import __version__
+from tunesmith.errors import UserError
 
 # verb -> (module that implements it, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -25,10 +26,6 @@ VERBS: dict[str, tuple[str, str]] = {
     "serve": ("tunesmith.serve.cli", "HTTP API and web page"),
     "models": ("tunesmith.models_cli", "list the bundled models"),
 }
-
-
-class UserError(Exception):
-    """An error in what the user asked for: reported in one line, exit status 2."""
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

@@ -175,10 +175,7 @@ def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
         key = key.strip()
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+        value = _parse_value(raw)
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -189,6 +186,19 @@ def apply_overrides(config: T, overrides: list[str] | tuple[str, ...]) -> T:
             raise ConfigError(f"unknown config key '{key}'")
         node[parts[-1]] = value
     return from_dict(type(config), data)
+
+
+def _parse_value(raw: str) -> Any:
+    """A command-line value: int, float (``1e-3`` too, which YAML 1.1 leaves a string), or YAML."""
+    for number in (int, float):
+        try:
+            return number(raw)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 # ---------------------------------------------------------------------------

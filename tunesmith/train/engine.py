@@ -214,16 +214,21 @@ class Trainer:
             )
             for name in self.modules
         }
-        self.emas = {name: EMA(m, config.ema_decay) for name, m in self.raw.items()} if config.ema_decay > 0 else {}
+        # EMA shadows live beside the (possibly sharded) weights: under FSDP they are DTensor shards.
+        self.emas = {n: EMA(unwrap(m), config.ema_decay) for n, m in self.modules.items()} if config.ema_decay > 0 else {}
 
     # -- setup -------------------------------------------------------------
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.world > 1 and any(p.requires_grad for p in module.parameters()):
             if self.config.distributed == "fsdp":
-                from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+                # FSDP2: parameters become sharded DTensors; works on CPU (gloo) and GPU.
+                from torch.distributed.fsdp import fully_shard
 
-                module = FSDP(module, device_id=self.device if self.device.type == "cuda" else None, use_orig_params=True)
+                for child in module.children():
+                    if any(p.requires_grad for p in child.parameters()):
+                        fully_shard(child)
+                module = fully_shard(module)
             else:
                 ids = [self.local_rank] if self.device.type == "cuda" else None
                 module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
@@ -278,13 +283,16 @@ class Trainer:
         tensors: dict[str, torch.Tensor] = {}
         optim_meta: dict[str, Any] = {}
         for name in self.modules:
-            for key, value in self._module_state(name).items():
+            module_state, optim_state = self._module_state(name), self._optimizer_state(name)  # collective
+            if self.rank != 0:
+                continue  # full state dicts are gathered on rank 0 only
+            for key, value in module_state.items():
                 tensors[f"model/{name}/{key}"] = value
-            opt_tensors, optim_meta[name] = ckpt.flatten_optimizer_state(f"optim/{name}", self._optimizer_state(name))
+            opt_tensors, optim_meta[name] = ckpt.flatten_optimizer_state(f"optim/{name}", optim_state)
             tensors.update(opt_tensors)
         for name, ema in self.emas.items():
             for key, value in ema.shadow.items():
-                tensors[f"ema/{name}/{key}"] = value
+                tensors[f"ema/{name}/{key}"] = _full(value)
         path = None
         if self.rank == 0:
             state = {
@@ -322,14 +330,17 @@ class Trainer:
                 self.optimizers[name].load_state_dict(optim_state)
         for name, ema in self.emas.items():
             prefix = f"ema/{name}/"
-            ema.shadow = {k[len(prefix) :]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+            loaded = {k[len(prefix) :]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+            ema.shadow = {k: _like(loaded[k], old) for k, old in ema.shadow.items()}
             ema.updates = state["ema_updates"][name]
         self.step = int(state["step"])
 
     def ema_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        """Weights to export for module ``name``: the EMA when enabled, else the live weights."""
+        """Full weights to export for module ``name``: the EMA when enabled, else the live
+        weights (collective under FSDP: call it on every rank)."""
         module = unwrap(self.modules[name])
-        return self.emas[name].state_dict(module) if name in self.emas else module.state_dict()
+        state = self.emas[name].state_dict(module) if name in self.emas else module.state_dict()
+        return {k: _full(v) for k, v in state.items()}
 
     # -- the loop ----------------------------------------------------------
 
@@ -471,7 +482,8 @@ class Trainer:
         return FitResult(self.step, interrupted, last_metrics, result_ckpt)
 
     def _validate(self, log: "_Logger") -> None:
-        if self.rank == 0:
+        sharded = self.world > 1 and self.config.distributed == "fsdp"
+        if self.rank == 0 or sharded:  # sharded forwards are collective: every rank runs them
             raw = {n: unwrap(m) for n, m in self.modules.items()}
             for m in raw.values():
                 m.eval()
@@ -480,6 +492,20 @@ class Trainer:
             log.write({"step": self.step, **{f"valid/{k}": float(v) for k, v in metrics.items()}})
         if self.world > 1:
             dist.barrier()
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a DTensor shard (collective), or the tensor itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _like(full: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out like ``reference`` (sharded again when the reference is a DTensor)."""
+    if hasattr(reference, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(reference.dtype), reference.device_mesh, reference.placements)
+    return full.to(reference.dtype)
 
 
 def _repeat(loader: Iterable[Any]) -> Iterator[Any]:

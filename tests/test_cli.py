@@ -1,0 +1,31 @@
+"""The command line: help, version, and one-line errors with exit status 2."""
+
+import subprocess
+import sys
+
+from tunesmith import __version__
+from tunesmith.cli import VERBS, main
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_verb():
+    out = _cli("--help")
+    assert out.returncode == 0
+    for verb in ("generate", "train", "eval", "data", "codec", "serve"):
+        assert verb in VERBS and verb in out.stdout
+
+
+def test_version(capsys):
+    out = _cli("--version")
+    assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    status = main(["train", "lm", "--config", str(tmp_path / "missing.json")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert "\n" not in err and ("missing.json" in err or "not available" in err)
+    assert "Traceback" not in err
