@@ -180,3 +180,60 @@ def find_soundfont() -> Path | None:
         if Path(candidate).is_file():
             return Path(candidate)
     return None
+
+
+# Two synthetic "instruments" that a small CLAP can learn to tell apart in a few steps:
+# a dull low bass (2 partials, an octave down) and a bright high bell (8 partials, an
+# octave up).  name -> (family, partials, octave shift)
+PROBE_INSTRUMENTS = {"bass": ("bass", 2, -1), "glockenspiel": ("mallets", 8, 1)}
+_KEY_NAMES = ("C", "D-flat", "D", "E-flat", "E", "F", "F-sharp", "G", "A-flat", "A", "B-flat", "B")
+
+
+def write_probe_corpus(
+    out_dir: str | Path,
+    clips: dict[str, int] | None = None,
+    *,
+    seconds: float = 4.0,
+    sample_rate: int = 24000,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny corpus of synthesized tunes with exact tags in the manifest format of
+    ``tunesmith.data.manifest`` (for tests and self-checks); returns the manifest path.
+
+    Each clip is a :func:`tune_notes` tune in a random key, mode and tempo (80-140 BPM) on
+    one of :data:`PROBE_INSTRUMENTS`; instruments alternate so every split has both.
+    """
+    import json
+
+    import soundfile as sf
+
+    out = Path(out_dir)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    counts = clips or {"train": 16, "valid": 8, "test": 8}
+    names = list(PROBE_INSTRUMENTS)
+    lines, index = [], 0
+    for split, count in counts.items():
+        for j in range(count):
+            name = names[j % len(names)]
+            family, partials, shift = PROBE_INSTRUMENTS[name]
+            key = Key(int(rng.integers(0, 12)), "major" if rng.random() < 0.5 else "minor")
+            bpm = float(rng.integers(80, 141))
+            bars = max(1, int(np.ceil(seconds * bpm / 240)))
+            notes = [(s, d, p + 12 * shift, v) for s, d, p, v in tune_notes(key, bpm, bars, seed=index)]
+            wav = synthesize(notes, sample_rate, seconds, partials=partials, seed=index)
+            rel = f"audio/probe-{index:04d}.wav"
+            sf.write(str(out / rel), wav, sample_rate, subtype="PCM_16")
+            key_name = _KEY_NAMES[key.tonic]
+            lines.append({
+                "id": f"probe-{index:04d}", "audio": rel,
+                "caption": f"a {key.mode} tune played by {name} in {key_name} {key.mode} at {bpm:g} BPM",
+                "tags": {"instruments": [name], "families": [family], "tempo_bpm": bpm, "key": key_name,
+                         "mode": key.mode, "meter": "4/4"},
+                "duration": seconds, "sample_rate": sample_rate, "channels": 1, "split": split,
+                "source": f"probe-work-{index}",
+            })
+            index += 1
+    manifest = out / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    return manifest
