@@ -62,20 +62,14 @@ def segsum(log_a: Tensor) -> Tensor:
     return sums.masked_fill(~torch.tril(ones), float("-inf"))
 
 
-def _heads_by_group(x: Tensor, groups: int) -> Tensor:
-    """(b, T, h, ...) -> (b, T, g, h/g, ...): heads of one group side by side."""
-    b, T, h = x.shape[:3]
-    if h % groups:
-        raise ValueError(f"{h} heads do not split into {groups} groups")
-    return x.reshape(b, T, groups, h // groups, *x.shape[3:])
-
-
 def _check(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor) -> None:
     b, T, h, _ = x.shape
     if log_a.shape != (b, T, h):
         raise ValueError(f"log_a must be {(b, T, h)}, got {tuple(log_a.shape)}")
     if B.shape != C.shape or B.shape[:2] != (b, T):
         raise ValueError(f"B and C must both be (b={b}, T={T}, g, N), got {tuple(B.shape)} and {tuple(C.shape)}")
+    if h % B.shape[2]:
+        raise ValueError(f"{h} heads do not split into {B.shape[2]} groups")
 
 
 # ---------------------------------------------------------------------------
@@ -117,6 +111,17 @@ def ssd_recurrent(
 
 # ---------------------------------------------------------------------------
 # quadratic (dual, attention-like) mode, sec. 3.3.2 / sec. 5
+#
+# The parallel forms below work in a head-major layout so that every contraction
+# is a batched matrix product: heads split as (g groups, r = h/g heads per group),
+#     x: (b, g, r, ..., T, P)   log_a: (b, g, r, ..., T)   B, C: (b, g, ..., T, N)
+# where "..." is the chunk index in the chunked form.
+
+
+def _quadratic(x: Tensor, decay: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """Head-major quadratic form y = (L o C B^T) x over the last time axis, given L = ``decay``."""
+    scores = (C @ B.transpose(-1, -2)).unsqueeze(2)  # C_i . B_j, shared by the r heads of a group
+    return (decay * scores) @ x
 
 
 def ssd_quadratic(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor) -> Tensor:
@@ -124,68 +129,59 @@ def ssd_quadratic(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor) -> Tensor:
 
     "Queries" C, "keys" B, "values" x, and the causal mask replaced by the
     1-semiseparable decay matrix L (sec. 5.2).  O(T^2) work and memory; starts
-    from a zero state.  This is what :func:`ssd_chunked` uses inside one chunk.
+    from a zero state.  :func:`ssd_chunked` uses this form inside each chunk.
     """
     _check(x, log_a, B, C)
+    b, T, h, P = x.shape
     g = B.shape[2]
-    decay = segsum(log_a.transpose(1, 2)).exp()  # (b, h, T, T): [.., i, j] = a_{j+1..i}
-    scores = torch.einsum("bign,bjgn->bgij", C, B)  # C_i . B_j, shared by the heads of a group
-    decay = decay.reshape(decay.shape[0], g, -1, *decay.shape[2:])  # (b, g, h/g, T, T)
-    weights = decay * scores[:, :, None]
-    y = torch.einsum("bgrij,bjgrp->bigrp", weights, _heads_by_group(x, g))
-    return y.reshape(x.shape)
+    y = _quadratic(
+        x.reshape(b, T, g, h // g, P).permute(0, 2, 3, 1, 4),
+        segsum(log_a.reshape(b, T, g, h // g).permute(0, 2, 3, 1)).exp(),
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+    )
+    return y.permute(0, 3, 1, 2, 4).reshape(b, T, h, P)
 
 
 # ---------------------------------------------------------------------------
-# chunked mode (state space duality), sec. 6
+# chunked mode (state space duality), sec. 6 — head-major, chunks on axis 3
 
 
-def chunk_states(x: Tensor, log_a: Tensor, B: Tensor) -> Tensor:
+def chunk_states(x: Tensor, cum_log_a: Tensor, B: Tensor) -> Tensor:
     """The state each chunk would leave behind if it started from zero (sec. 6.2, "right factors").
 
-    Inputs are already split into chunks: x (b, c, Q, h, P), log_a (b, c, Q, h),
-    B (b, c, Q, g, N).  Returns (b, c, h, P, N):
+    x (b, g, r, c, Q, P), cum_log_a (b, g, r, c, Q) — log decays summed from the chunk
+    start — and B (b, g, c, Q, N).  Returns (b, g, r, c, P, N):
     S_c = sum_j (a_{j+1} ... a_{Q-1}) x_j B_j^T over the positions j of chunk c.
     """
-    g = B.shape[3]
-    cum = log_a.cumsum(dim=2)
-    decay_to_end = (cum[:, :, -1:] - cum).exp()  # (b, c, Q, h): decay from j to the chunk end
-    decay_to_end = decay_to_end.reshape(*decay_to_end.shape[:3], g, -1)  # (b, c, Q, g, h/g)
-    xg = x.reshape(*x.shape[:3], g, -1, x.shape[-1])  # (b, c, Q, g, h/g, P)
-    states = torch.einsum("bcjgr,bcjgrp,bcjgn->bcgrpn", decay_to_end, xg, B)
-    return states.reshape(states.shape[0], states.shape[1], -1, *states.shape[-2:])
+    decay_to_end = (cum_log_a[..., -1:] - cum_log_a).exp()
+    return (x * decay_to_end[..., None]).transpose(-1, -2) @ B.unsqueeze(2)
 
 
 def pass_states(states: Tensor, chunk_log_decay: Tensor, initial_state: Tensor) -> tuple[Tensor, Tensor]:
     """Carry the state across chunk boundaries (sec. 6.2, "center factors").
 
-    states (b, c, h, P, N) from :func:`chunk_states`; chunk_log_decay (b, c, h), the
-    summed log decay over each chunk; initial_state (b, h, P, N).  The chunk-level
-    recurrence H_{c+1} = exp(chunk_log_decay_c) H_c + S_c is itself a (short) SSM.
-    It runs sequentially over the T/Q chunks, which keeps memory linear in T.
-    Returns (the state entering each chunk (b, c, h, P, N), the final state).
+    states (b, g, r, c, P, N) from :func:`chunk_states`; chunk_log_decay (b, g, r, c),
+    the summed log decay of each chunk; initial_state (b, g, r, P, N).  The
+    chunk-level recurrence H_{c+1} = exp(chunk_log_decay_c) H_c + S_c is itself a
+    (short) SSM; it runs sequentially over the T/Q chunks, which keeps memory
+    linear in T.  Returns (the state entering each chunk (b, g, r, c, P, N), the final state).
     """
     entering = []
     h = initial_state
-    for c in range(states.shape[1]):
+    for c in range(states.shape[3]):
         entering.append(h)
-        h = h * chunk_log_decay[:, c].exp()[..., None, None] + states[:, c]
-    return torch.stack(entering, dim=1), h
+        h = h * chunk_log_decay[..., c, None, None].exp() + states[:, :, :, c]
+    return torch.stack(entering, dim=3), h
 
 
-def state_outputs(C: Tensor, log_a: Tensor, entering: Tensor) -> Tensor:
+def state_outputs(C: Tensor, cum_log_a: Tensor, entering: Tensor) -> Tensor:
     """What the state entering each chunk contributes to its outputs (sec. 6.2, "left factors").
 
-    C (b, c, Q, g, N), log_a (b, c, Q, h), entering (b, c, h, P, N) -> (b, c, Q, h, P):
-    y_i += (a_0 ... a_i) H_c C_i, for position i of chunk c (decays counted from the
-    chunk start, inclusive).
+    C (b, g, c, Q, N), cum_log_a (b, g, r, c, Q), entering (b, g, r, c, P, N) ->
+    (b, g, r, c, Q, P):  y_i += (a_0 ... a_i) H_c C_i for position i of chunk c.
     """
-    g = C.shape[3]
-    decay_from_start = log_a.cumsum(dim=2).exp()
-    decay_from_start = decay_from_start.reshape(*decay_from_start.shape[:3], g, -1)  # (b, c, Q, g, h/g)
-    Hg = entering.reshape(entering.shape[0], entering.shape[1], g, -1, *entering.shape[-2:])  # (b,c,g,h/g,P,N)
-    y = torch.einsum("bcign,bcgrpn,bcigr->bcigrp", C, Hg, decay_from_start)
-    return y.reshape(*y.shape[:3], -1, y.shape[-1])
+    return (C.unsqueeze(2) @ entering.transpose(-1, -2)) * cum_log_a.exp()[..., None]
 
 
 def ssd_chunked(
@@ -210,7 +206,7 @@ def ssd_chunked(
     _check(x, log_a, B, C)
     b, T, h, P = x.shape
     g, N = B.shape[2:]
-    Q = chunk_size
+    r, Q = h // g, chunk_size
     pad = (-T) % Q
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
@@ -218,22 +214,19 @@ def ssd_chunked(
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
     c = (T + pad) // Q
-    xc = x.reshape(b, c, Q, h, P)
-    ac = log_a.reshape(b, c, Q, h)
-    Bc = B.reshape(b, c, Q, g, N)
-    Cc = C.reshape(b, c, Q, g, N)
+    # to the head-major chunked layout
+    xc = x.reshape(b, c, Q, g, r, P).permute(0, 3, 4, 1, 2, 5)  # (b, g, r, c, Q, P)
+    ac = log_a.reshape(b, c, Q, g, r).permute(0, 3, 4, 1, 2)  # (b, g, r, c, Q)
+    Bc = B.reshape(b, c, Q, g, N).permute(0, 3, 1, 2, 4)  # (b, g, c, Q, N)
+    Cc = C.reshape(b, c, Q, g, N).permute(0, 3, 1, 2, 4)
+    cum = ac.cumsum(dim=-1)
 
-    # 1. within each chunk: the quadratic form, chunks as extra batch entries
-    y_diag = ssd_quadratic(
-        xc.reshape(b * c, Q, h, P), ac.reshape(b * c, Q, h), Bc.reshape(b * c, Q, g, N), Cc.reshape(b * c, Q, g, N)
-    ).reshape(b, c, Q, h, P)
-
-    # 2.-3. chunk states, then the recurrence across chunks
+    y_diag = _quadratic(xc, segsum(ac).exp(), Bc, Cc)  # 1.
+    states = chunk_states(xc, cum, Bc)  # 2.
     if initial_state is None:
         initial_state = x.new_zeros(b, h, P, N)
-    states = chunk_states(xc, ac, Bc)
-    entering, final_state = pass_states(states, ac.sum(dim=2), initial_state)
+    entering, final_state = pass_states(states, cum[..., -1], initial_state.reshape(b, g, r, P, N))  # 3.
+    y = y_diag + state_outputs(Cc, cum, entering)  # 4.
 
-    # 4. entering states -> outputs
-    y = y_diag + state_outputs(Cc, ac, entering)
-    return y.reshape(b, c * Q, h, P)[:, :T], final_state
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, c * Q, h, P)
+    return y[:, :T], final_state.reshape(b, h, P, N)
