@@ -104,11 +104,23 @@ def dynamics_phrase(tags: dict[str, Any], rng: np.random.Generator) -> str:
                        f"from {_pick(rng, DYNAMIC_WORDS[lo])} to {_pick(rng, DYNAMIC_WORDS[hi])} passages"))
 
 
+def _safe_title(title: str) -> str:
+    """The title, unless it names an instrument (a caption must only name instruments that sound)."""
+    from tunesmith.data.instruments import BY_NAME
+
+    lowered = title.lower()
+    words = {w for name in BY_NAME for w in (name, *SYNONYMS.get(name, ()))} | {"drum", "string", "horn", "organ",
+                                                                              "guitar", "bass", "pipe", "harp"}
+    return "" if any(w.lower() in lowered for w in words) else title
+
+
 def source_phrase(tags: dict[str, Any], rng: np.random.Generator) -> str:
-    composer, era, title = tags.get("composer", ""), tags.get("era", ""), tags.get("work", "")
+    composer, era, title = tags.get("composer", ""), tags.get("era", ""), _safe_title(tags.get("work", ""))
     if composer and composer not in ("traditional", "anonymous"):
-        return _pick(rng, (f"arranged from {composer}'s {title}" if title else f"after {composer}",
-                           f"after a {ERA_WORDS.get(era, era)} work by {composer}", f"based on music by {composer}"))
+        era_word = ERA_WORDS.get(era, era)
+        return _pick(rng, (f"arranged from {composer}'s \"{title}\"" if title else f"after {composer}",
+                           f"after {'an' if era_word[:1].lower() in 'aeiou' else 'a'} {era_word} work by {composer}"
+                           if era_word else f"after a work by {composer}", f"based on music by {composer}"))
     if tags.get("collection_label"):
         return _pick(rng, (f"based on a {ERA_WORDS.get(era, 'traditional')} melody from {tags['collection_label']}",
                            f"arranged from the tune \"{title}\"" if title else "arranged from a traditional tune"))

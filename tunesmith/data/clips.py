@@ -38,7 +38,8 @@ def plan_clips(arr: Arrangement, rng: np.random.Generator, min_seconds: float = 
     """Consecutive clips of ``min_seconds``..``max_seconds`` starting and ending on bar lines.
 
     Each clip's length target is drawn from ``rng``; a too-short remainder is merged into
-    the previous clip when that stays under ``max_seconds``, else dropped.  The last clip
+    the previous clip when that stays under ``max_seconds``, else dropped, as are bars too
+    long to fit any clip.  The last clip
     keeps up to ``tail_seconds`` of ring-out after the final bar.
     """
     if not 0 < min_seconds <= max_seconds:
@@ -52,15 +53,14 @@ def plan_clips(arr: Arrangement, rng: np.random.Generator, min_seconds: float = 
         j = i + 1
         while j < n and times[j + 1] - times[i] <= target:
             j += 1
-        if times[j] - times[i] > max_seconds:  # one bar longer than a clip: skip it
-            i = j
-            continue
-        bounds.append((i, j))
+        while j < n and times[j] - times[i] < min_seconds and times[j + 1] - times[i] <= max_seconds:
+            j += 1  # long bars: go past the target rather than fall short of the minimum
+        length = times[j] - times[i]
+        if min_seconds <= length <= max_seconds:
+            bounds.append((i, j))
+        elif j == n and bounds and times[j] - times[bounds[-1][0]] <= max_seconds:
+            bounds[-1] = (bounds[-1][0], j)  # a short remainder joins the previous clip
         i = j
-    if bounds and times[bounds[-1][1]] - times[bounds[-1][0]] < min_seconds:
-        a, b = bounds.pop()
-        if bounds and times[b] - times[bounds[-1][0]] <= max_seconds:
-            bounds[-1] = (bounds[-1][0], b)
     if max_clips is not None:
         bounds = bounds[:max_clips]
     clips = []

@@ -142,20 +142,43 @@ def _measures(part: Any, score: Any) -> tuple[list[float], list[str], list[float
 
 
 def _part_notes(part: Any) -> list[list[float]]:
-    """Sounding notes of a part, ties merged, grace notes and unpitched notes dropped."""
-    notes = []
-    flat = part.flatten().stripTies()
-    for el in flat.notes:
+    """Sounding notes of a part, tied notes merged, grace notes and unpitched notes dropped.
+
+    Ties are merged by hand: music21's ``stripTies`` deep-copies the whole part, which
+    costs more than parsing the file.
+    """
+    notes: list[list[float]] = []
+    open_ties: dict[int, list[float]] = {}  # midi pitch -> the note a tie continues
+    for el in part.flatten().notes:
         dur = float(el.duration.quarterLength)
         if dur <= 0 or el.duration.isGrace:
             continue
-        pitches = getattr(el, "pitches", ())
-        for p in pitches:
+        onset = float(el.offset)
+        for p in getattr(el, "pitches", ()):
             midi = int(round(p.ps))
-            if 0 <= midi <= 127:
-                notes.append([float(el.offset), dur, midi])
+            if not 0 <= midi <= 127:
+                continue
+            tie = _tie_type(el, p)
+            held = open_ties.get(midi)
+            if tie in ("continue", "stop") and held is not None and abs(held[0] + held[1] - onset) < 1e-3:
+                held[1] = onset + dur - held[0]
+                if tie == "stop":
+                    del open_ties[midi]
+                continue
+            note = [onset, dur, midi]
+            notes.append(note)
+            if tie == "start":
+                open_ties[midi] = note
     notes.sort()
     return notes
+
+
+def _tie_type(el: Any, pitch: Any) -> str | None:
+    """The tie on this pitch of a note or chord ('start', 'continue', 'stop' or None)."""
+    tie = getattr(pitch, "tie", None) if el.isChord else el.tie
+    if tie is None and el.isChord:
+        tie = el.tie
+    return tie.type if tie is not None else None
 
 
 def _is_monophonic(notes: list[list[float]]) -> bool:

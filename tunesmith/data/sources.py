@@ -54,7 +54,7 @@ COLLECTION_LABELS = {
     "miscFolk": "a folk song collection",
     "nottingham-dataset": "the Nottingham folk tune collection",
     "oneills1850": "O'Neill's Music of Ireland",
-    "ryansMammoth": "Ryan's Mammoth Collection of fiddle tunes",
+    "ryansMammoth": "Ryan's Mammoth Collection",
 }
 
 
@@ -122,8 +122,11 @@ def folder_works(folder: str | Path, metadata: dict[str, dict[str, Any]] | None 
         info = (metadata or {}).get(rel, {})
         if metadata is not None and not info:
             continue  # a metadata file selects the works; unlisted ones are filtered out
-        works.append(WorkRef(f"{folder.name}/{Path(rel).with_suffix('')}", str(path), None,
-                             str(info.get("composer", "")), str(info.get("era", "")), folder.name, "user"))
+        stem = f"{folder.name}/{Path(rel).with_suffix('')}"
+        numbers = abc_numbers(path) if path.suffix.lower() == ".abc" else []
+        for n in numbers if len(numbers) > 1 else [None]:
+            works.append(WorkRef(stem if n is None else f"{stem}#{n}", str(path), n, str(info.get("composer", "")),
+                                 str(info.get("era", "")), folder.name, "user"))
     return works
 
 
