@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_stats)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
-    # _register_optional(sub)
+    _register_optional(sub)
 
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ zero-padded at the end.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -64,19 +64,19 @@ class AudioClipDataset(Dataset):
 
 
 def read_segment(
-    path: Path,
+    path: Path | BinaryIO,
     segment_seconds: float | None,
     start_fraction: float,
     sample_rate: int,
     channels: int,
 ) -> torch.Tensor:
-    """Read ``segment_seconds`` of ``path`` (whole file if None) as float32 (channels, samples).
+    """Read ``segment_seconds`` of ``path`` (a file or file object; whole file if None) as float32 (C, S).
 
     The start is ``start_fraction`` of the slack (file length minus segment); the result
     is resampled and mixed to the requested format, then zero-padded to the exact length.
     """
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(path if hasattr(path, "read") else str(path)) as f:
             file_sr, total = f.samplerate, f.frames
             want = total if segment_seconds is None else int(round(segment_seconds * file_sr))
             start = int(start_fraction * max(0, total - want))
