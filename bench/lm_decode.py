@@ -1,0 +1,271 @@
+"""Token-LM decoding speed: tunesmith's TokenLM against transformers' MusicgenForCausalLM.
+
+Both models are built from configs (no download) with random weights at the same
+size, and decode the same number of delay-pattern steps with top-k 250 sampling
+and classifier-free guidance 3 (the conditional and unconditional rows in one
+batch), from the same text states.  Two sizes:
+
+- ``bundled``: our ``small`` preset (dim 512, 6 layers, 8 heads, 4 x 1024 codes);
+- ``musicgen-small``: dim 1024, 24 layers, 16 heads, FFN 4096, 4 x 2048 codes.
+
+Reported per size and setting (batch 1 with CFG; batch 8 with CFG): decode steps per
+second, seconds of audio per second, peak resident memory, and our step rate
+against the memory-bandwidth bound (linear-weight bytes read per step / measured
+bandwidth).  Int8 weights (tunesmith.lm.quantize) are timed too, with their
+quality cost: greedy-decoding token agreement with fp32 (free running, and teacher
+forced on the fp32 sequence) and the mean KL divergence of the guided next-token
+distributions (the expected rise in loss on data drawn from the fp32 model).
+
+    nice -n 10 python bench/lm_decode.py --quick --json bench/lm_decode.json
+
+Each timing is the best of ``--repeats`` runs, ours and the peer's interleaved, so
+that load from other processes hurts both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tunesmith.lm.decode import generate_tokens
+from tunesmith.lm.model import Conditioning, LMConfig, TokenLM
+from tunesmith.lm.patterns import layout, to_sequence
+from tunesmith.lm.quantize import linear_weight_bytes, quantize_int8
+from tunesmith.lm.sampling import apply_cfg
+
+SIZES: dict[str, dict[str, int]] = {
+    "bundled": dict(dim=512, layers=6, heads=8, ffn=2048, codebooks=4, codes=1024),
+    "musicgen-small": dict(dim=1024, layers=24, heads=16, ffn=4096, codebooks=4, codes=2048),
+}
+TEXT_TOKENS, TEXT_DIM, FRAME_RATE, CFG, TOP_K = 12, 384, 50.0, 3.0, 250
+
+
+# ---------------------------------------------------------------------------
+# models
+
+
+def build_ours(size: dict[str, int]) -> TokenLM:
+    torch.manual_seed(0)
+    config = LMConfig(num_codebooks=size["codebooks"], codebook_size=size["codes"], dim=size["dim"],
+                      backbone_config={"num_layers": size["layers"], "num_heads": size["heads"], "ffn_dim": size["ffn"]},
+                      text_dim=TEXT_DIM, frame_rate=FRAME_RATE, max_frames=3000)
+    return TokenLM(config).eval()
+
+
+def build_peer(size: dict[str, int]) -> Any:
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+
+    torch.manual_seed(0)
+    special = size["codes"]
+    config = MusicgenDecoderConfig(vocab_size=size["codes"], hidden_size=size["dim"], num_hidden_layers=size["layers"],
+                                   num_attention_heads=size["heads"], ffn_dim=size["ffn"], num_codebooks=size["codebooks"],
+                                   pad_token_id=special, bos_token_id=special, max_position_embeddings=4096, dropout=0.0)
+    model = MusicgenForCausalLM(config).eval()
+    for key in ("pad_token_id", "decoder_start_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, special)
+    return model
+
+
+def text_states(batch: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(batch, TEXT_TOKENS, dim, generator=g), torch.ones(batch, TEXT_TOKENS, dtype=torch.bool)
+
+
+# ---------------------------------------------------------------------------
+# one timed decode each
+
+
+def run_ours(model: TokenLM, steps: int, batch: int, greedy: bool = False) -> torch.Tensor:
+    frames = steps - model.config.num_codebooks + 1  # delay pattern: T + K - 1 steps
+    text, mask = text_states(batch, TEXT_DIM)
+    return generate_tokens(model, frames, Conditioning(text, mask), cfg_scale=CFG, top_k=TOP_K,
+                           temperature=0.0 if greedy else 1.0, seed=0)
+
+
+def run_peer(model: Any, steps: int, batch: int) -> torch.Tensor:
+    K, special, dim = model.config.num_codebooks, model.config.pad_token_id, model.config.hidden_size
+    text, mask = text_states(batch, dim)
+    # the unconditional rows attend to zeroed text, as MusicgenForConditionalGeneration does
+    hidden = torch.cat([text, torch.zeros_like(text)])
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.generate(torch.full((batch * K, 1), special), encoder_hidden_states=hidden,
+                              encoder_attention_mask=torch.cat([mask, mask]).long(), max_length=steps + 1,
+                              do_sample=True, top_k=TOP_K, guidance_scale=CFG, num_return_sequences=1)
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    reset_peak_rss()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start, peak_rss_mb()
+
+
+def measure_bandwidth(seconds: float = 1.0) -> float:
+    """GB/s of a matrix-vector product over 256 MB of fp32 weights: what decoding sees."""
+    w = torch.randn(8192, 8192)
+    x = torch.randn(1, 8192)
+    x @ w.t()
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        x @ w.t()
+        best = min(best, time.perf_counter() - t)
+    return w.numel() * 4 / best / 1e9
+
+
+# ---------------------------------------------------------------------------
+# quality of int8
+
+
+@torch.inference_mode()
+def guided_logits(model: TokenLM, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced guided logits (B, K, S, N) of a token sequence, as decoding computes them."""
+    c = model.config
+    table = layout(c.pattern, c.num_codebooks, tokens.shape[-1])
+    steps = to_sequence(tokens, table, fill=c.special_token)
+    text, mask = text_states(tokens.shape[0], TEXT_DIM)
+    cond = Conditioning(text, mask)
+    both = model(torch.cat([steps, steps]), cond.cat(cond.null()))
+    B = tokens.shape[0]
+    return apply_cfg(both[:B], both[B:], CFG), (table >= 0).t()
+
+
+def quant_quality(fp32: TokenLM, int8: torch.nn.Module, steps: int) -> dict[str, float]:
+    reference = run_ours(fp32, steps, 1, greedy=True)
+    free = run_ours(int8, steps, 1, greedy=True)  # type: ignore[arg-type]
+    ref_logits, valid = guided_logits(fp32, reference)
+    q_logits, _ = guided_logits(int8, reference)  # type: ignore[arg-type]
+    agree_tf = (ref_logits.argmax(-1) == q_logits.argmax(-1))[:, valid].float().mean()
+    p = ref_logits.float().log_softmax(-1)
+    q = q_logits.float().log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1)[:, valid].mean()
+    first_diff = torch.nonzero((reference != free).any(1)[0])
+    return {
+        "token_agreement_free_running": float((reference == free).float().mean()),
+        "first_divergent_frame": int(first_diff[0]) if first_diff.numel() else reference.shape[-1],
+        "token_agreement_teacher_forced": float(agree_tf),
+        "kl_nats_per_token": float(kl),
+        "steps": steps,
+    }
+
+
+# ---------------------------------------------------------------------------
+
+
+def bench_size(name: str, size: dict[str, int], steps: int, batch8_steps: int, repeats: int, bandwidth: float,
+               agree_steps: int) -> dict[str, Any]:
+    print(f"[{name}] building models", flush=True)
+    ours = build_ours(size)
+    peer = build_peer(size)
+    int8 = quantize_int8(ours)
+    K = size["codebooks"]
+    result: dict[str, Any] = {
+        "config": size,
+        "params_ours_M": sum(p.numel() for p in ours.parameters()) / 1e6,
+        "params_peer_M": sum(p.numel() for p in peer.parameters()) / 1e6,
+        "weight_bytes_per_step_fp32_MB": linear_weight_bytes(ours, skip=("cross.kv",)) / 1e6,
+        "weight_bytes_per_step_int8_MB": linear_weight_bytes(int8, skip=("cross.kv",)) / 1e6,
+    }
+    contenders = {"peer": lambda n, b: run_peer(peer, n, b), "ours_fp32": lambda n, b: run_ours(ours, n, b),
+                  "ours_int8": lambda n, b: run_ours(int8, n, b)}  # type: ignore[arg-type]
+    for label, batch, n in (("batch1_cfg", 1, steps), ("batch8_cfg", 8, batch8_steps)):
+        for fn in contenders.values():  # warm-up (allocator, kernels, lazy tables)
+            fn(K + 2, batch)
+        best = {key: (float("inf"), 0.0) for key in contenders}
+        for r in range(repeats):
+            for key, fn in contenders.items():
+                seconds, rss = timed(lambda: fn(n, batch))
+                print(f"[{name}] {label} {key} run {r}: {n / seconds:.1f} steps/s", flush=True)
+                if seconds < best[key][0]:
+                    best[key] = (seconds, rss)
+        row = {}
+        for key, (seconds, rss) in best.items():
+            frames = n - K + 1
+            row[key] = {"steps_per_s": n / seconds, "audio_s_per_s": batch * frames / FRAME_RATE / seconds,
+                        "peak_rss_MB": rss, "steps": n, "batch": batch}
+        row["speedup_fp32"] = row["ours_fp32"]["steps_per_s"] / row["peer"]["steps_per_s"]
+        row["speedup_int8"] = row["ours_int8"]["steps_per_s"] / row["peer"]["steps_per_s"]
+        result[label] = row
+    bound_fp32 = bandwidth * 1e9 / (result["weight_bytes_per_step_fp32_MB"] * 1e6)
+    bound_int8 = bandwidth * 1e9 / (result["weight_bytes_per_step_int8_MB"] * 1e6)
+    result["bandwidth_bound_steps_per_s_fp32"] = bound_fp32
+    result["bandwidth_bound_steps_per_s_int8"] = bound_int8
+    result["ours_fp32_fraction_of_bound"] = result["batch1_cfg"]["ours_fp32"]["steps_per_s"] / bound_fp32
+    result["ours_int8_fraction_of_bound"] = result["batch1_cfg"]["ours_int8"]["steps_per_s"] / bound_int8
+    result["peer_fraction_of_bound"] = result["batch1_cfg"]["peer"]["steps_per_s"] / bound_fp32
+    if agree_steps:
+        print(f"[{name}] int8 quality over {agree_steps} steps", flush=True)
+        result["int8_quality"] = quant_quality(ours, int8, agree_steps)
+    del peer, ours, int8
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (same ratios, under 5 minutes)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--sizes", default="bundled,musicgen-small", help="comma-separated subset of: " + ", ".join(SIZES))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bandwidth = measure_bandwidth()
+    plan = {  # (steps at batch 1, steps at batch 8, repeats, int8 agreement steps)
+        "bundled": (150, 40, 2, 200) if args.quick else (500, 100, 3, 500),
+        "musicgen-small": (30, 10, 1, 60) if args.quick else (150, 40, 2, 500),
+    }
+    results: dict[str, Any] = {}
+    for name in args.sizes.split(","):
+        steps, steps8, repeats, agree = plan[name]
+        results[name] = bench_size(name, SIZES[name], steps, steps8, repeats, bandwidth, agree)
+    out: dict[str, Any] = {}
+    if "bundled" in results:
+        out["speedup_bundled"] = results["bundled"]["batch1_cfg"]["speedup_fp32"]
+    if "musicgen-small" in results:
+        small = results["musicgen-small"]
+        out["speedup_small_fp32"] = small["batch1_cfg"]["speedup_fp32"]
+        out["speedup_small_quant"] = small["batch1_cfg"]["speedup_int8"]
+        out["token_agreement_quant"] = small["int8_quality"]["token_agreement_free_running"]
+        out["token_agreement_quant_teacher_forced"] = small["int8_quality"]["token_agreement_teacher_forced"]
+        out["kl_quant_nats_per_token"] = small["int8_quality"]["kl_nats_per_token"]
+    out.update({
+        "quick": args.quick, "threads": args.threads, "bandwidth_GBps": bandwidth,
+        "load_average": os.getloadavg(), "torch": torch.__version__, "machine": platform.machine(),
+        "sizes": results,
+        "notes": "random weights; int8 = dynamic int8 linear (int8 weights, per-call activation quantisation); "
+                 "token agreement on random weights is a pessimistic proxy (near-flat logits flip easily)",
+    })
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    line = ", ".join(f"{k}={out[k]:.3g}" for k in ("speedup_bundled", "speedup_small_fp32", "speedup_small_quant",
+                                                  "token_agreement_quant") if k in out)
+    print(f"lm_decode: {line} (threads={args.threads}, bandwidth {bandwidth:.1f} GB/s)")
+
+
+if __name__ == "__main__":
+    main()
