@@ -10,6 +10,16 @@ from tunesmith.lm.backbones.transformer import apply_rotary, rotary_tables
 DIM = 32
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine each
+    parallel region waits for a descheduled thread; run single-threaded, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def make(cross: bool) -> Backbone:
     torch.manual_seed(0)
     return build_backbone("transformer", DIM, {"num_layers": 2, "num_heads": 4}, cross_attention=cross).eval()

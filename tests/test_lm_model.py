@@ -11,6 +11,16 @@ from tunesmith.lm.sampling import apply_cfg
 K, N, TEXT_DIM = 3, 16, 8
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine each
+    parallel region waits for a descheduled thread; run single-threaded, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def tiny(conditioning="cross", melody=False, pattern="delay", max_frames=32) -> TokenLM:
     torch.manual_seed(0)
     cfg = LMConfig(num_codebooks=K, codebook_size=N, dim=32, pattern=pattern, conditioning=conditioning,
