@@ -32,14 +32,15 @@ def conditioning(B: int = 2, S: int = 5):
     return cross, mask
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("cross_attention", [False, True])
-def test_step_decoding_equals_forward(cross_attention):
+def test_step_decoding_equals_forward(cross_attention, static):
     net = make(cross_attention)
     x = torch.randn(2, 12, DIM)
     cross, mask = conditioning() if cross_attention else (None, None)
     with torch.no_grad():
         full = net(x, cross, mask)
-        state = net.allocate_state(2, 16, "cpu", torch.float32)
+        state = net.allocate_state(2, 16, "cpu", torch.float32, static=static)
         parts = [net.step(x[:, :5], state, cross, mask)]  # prefill a prefix of 5
         parts += [net.step(x[:, t : t + 1], state, cross, mask) for t in range(5, 9)]
         parts.append(net.step(x[:, 9:], state, cross, mask))  # a second chunk mid-way

@@ -74,6 +74,10 @@ class KVCache:
     length: int = 0
     cross: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer (k, v)
     cross_mask: torch.Tensor | None = None  # (B, 1, 1, S) bool, broadcast over heads and queries
+    # Static mode: the write position lives in a device tensor and every step has the same
+    # shapes (attention over the whole cache, masked), so CUDA graphs or torch.compile can
+    # capture a decoding step and replay it without Python or launch overhead per kernel.
+    position: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -105,12 +109,28 @@ class SelfAttention(nn.Module):
         return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True))
 
     def step(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attend from t new positions to the cache plus themselves; write them into the cache."""
+        """Attend from t new positions to the cache plus themselves; write them into the cache.
+
+        With ``index`` (the t cache positions as a device tensor) the step has static
+        shapes: an indexed write and attention over the whole cache under a mask.
+        """
         q, k, v = self._heads(x)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         t = x.shape[1]
+        if index is not None:
+            keys.index_copy_(2, index, k)
+            values.index_copy_(2, index, v)
+            visible = torch.arange(keys.shape[2], device=x.device)[None, :] <= index[:, None]  # (t, max_len)
+            return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=visible))
         end = start + t
         keys[:, :, start:end] = k  # in place: the cache is preallocated
         values[:, :, start:end] = v
@@ -165,8 +185,8 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.norm1(x), cos, sin))
         return self._cross_and_ffn(x, cross_kv, mask)
 
-    def step(self, x, cos, sin, keys, values, start, cross_kv, mask):
-        x = x + self.attn.step(self.norm1(x), cos, sin, keys, values, start)
+    def step(self, x, cos, sin, keys, values, start, cross_kv, mask, index=None):
+        x = x + self.attn.step(self.norm1(x), cos, sin, keys, values, start, index)
         return self._cross_and_ffn(x, cross_kv, mask)
 
 
@@ -215,13 +235,19 @@ class TransformerBackbone(Backbone):
                 x = block(x, cos, sin, cross_kv, mask)
         return self.norm(x)
 
-    def allocate_state(self, batch_size, max_len, device, dtype) -> KVCache:
+    def allocate_state(self, batch_size, max_len, device, dtype, *, static: bool | None = None) -> KVCache:
+        """A zeroed KV cache; ``static`` (default: on CUDA) selects fixed-shape steps."""
+        device = torch.device(device)
         shape = (batch_size, self.config.num_heads, max_len, self.head_dim)
         n = len(self.blocks)
+        static = device.type == "cuda" if static is None else static
+        if static:
+            self._cos_sin(0, max_len, device)  # the rotary table must cover the cache before capture
         return KVCache(
             keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
             values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
             max_len=max_len,
+            position=torch.zeros((), dtype=torch.long, device=device) if static else None,
         )
 
     def step(self, x, state: KVCache, cross=None, cross_mask=None):
@@ -232,10 +258,17 @@ class TransformerBackbone(Backbone):
         if cross is not None and not state.cross:  # first call: derive cross keys/values once
             state.cross = [block.cross.keys_values(cross) for block in self.blocks]
             state.cross_mask = _attention_mask(cross_mask)
-        cos, sin = self._cos_sin(start, start + t, x.device)
+        index = None
+        if state.position is not None:  # static shapes: positions from the device-side counter
+            index = state.position + torch.arange(t, device=x.device)
+            table_cos, table_sin = self._rotary
+            cos, sin = table_cos.index_select(0, index), table_sin.index_select(0, index)
+            state.position.add_(t)
+        else:
+            cos, sin = self._cos_sin(start, start + t, x.device)
         for i, block in enumerate(self.blocks):
             cross_kv = state.cross[i] if state.cross else None
-            x = block.step(x, cos, sin, state.keys[i], state.values[i], start, cross_kv, state.cross_mask)
+            x = block.step(x, cos, sin, state.keys[i], state.values[i], start, cross_kv, state.cross_mask, index)
         state.length = start + t
         return self.norm(x)
 
