@@ -124,5 +124,14 @@ def test_save_and_load_generator(tmp_path):
     before = gen.generate("a hymn", duration=0.3, seed=4)
     gen.save(tmp_path / "gen")
     loaded = load_generator(tmp_path / "gen")
-    assert isinstance(loaded, TokenLMGenerator)
+    assert isinstance(loaded, TokenLMGenerator) and not loaded.int8
     assert torch.equal(loaded.generate("a hymn", duration=0.3, seed=4).samples, before.samples)
+
+
+def test_int8_decoding_generator(tmp_path):
+    gen = TokenLMGenerator(make_generator().lm, ScalarCodec(ScalarCodecConfig()), int8=True)
+    assert gen.decoder_lm is not gen.lm
+    out = gen.generate("a hymn", duration=0.3, seed=4)
+    assert out.samples.shape == (1, 1, int(0.3 * SR)) and torch.isfinite(out.samples).all()
+    gen.save(tmp_path / "gen8")
+    assert load_generator(tmp_path / "gen8").int8

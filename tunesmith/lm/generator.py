@@ -15,12 +15,13 @@ from typing import Any, Protocol
 import torch
 
 from tunesmith.audio import Audio, load_audio, resample, to_channels
-from tunesmith.checkpoint import load_model, save
+from tunesmith.checkpoint import load_model, read_model_config, save
 from tunesmith.conditioning.melody import dominant_chroma
 from tunesmith.conditioning.text import TextEncoder, get_text_encoder
 from tunesmith.generator import check_request, register_generator
 from tunesmith.lm.decode import generate_tokens
 from tunesmith.lm.model import Conditioning, TokenLM
+from tunesmith.lm.quantize import quantize_int8
 
 GENERATOR_TYPE = "token-lm"
 CODEC_DIR = "codec"
@@ -61,12 +62,23 @@ class TokenLMGenerator:
 
     generator_type = GENERATOR_TYPE
 
-    def __init__(self, lm: TokenLM, codec: TokenCodec, text_encoder: TextEncoder | None = None, *, max_duration: float = 300.0) -> None:
+    def __init__(
+        self,
+        lm: TokenLM,
+        codec: TokenCodec,
+        text_encoder: TextEncoder | None = None,
+        *,
+        max_duration: float = 300.0,
+        int8: bool = False,
+    ) -> None:
         if abs(float(codec.frame_rate) - lm.config.frame_rate) > 1e-6:
             raise ValueError(f"codec frame rate {codec.frame_rate} differs from the LM's {lm.config.frame_rate}")
         if codec.num_codebooks < lm.config.num_codebooks:
             raise ValueError(f"codec has {codec.num_codebooks} codebooks, the LM predicts {lm.config.num_codebooks}")
         self.lm, self.codec = lm.eval(), codec.eval() if hasattr(codec, "eval") else codec
+        self.int8 = int8
+        # int8 linear weights: ~4x fewer bytes read per decoding step (see lm/quantize.py)
+        self.decoder_lm = quantize_int8(lm) if int8 else self.lm
         self.text_encoder = text_encoder or get_text_encoder(lm.config.text_encoder)
         if self.text_encoder.dim != lm.config.text_dim:
             raise ValueError(f"text encoder gives {self.text_encoder.dim}-dim states, the LM expects {lm.config.text_dim}")
@@ -132,7 +144,7 @@ class TokenLMGenerator:
         num_frames = max(1, math.ceil(duration * self.frame_rate))
         cond = self.conditioning(items, num_frames, melody)
         prompt = self.prompt_tokens(prompt_audio, len(items)) if prompt_audio is not None else None
-        tokens = generate_tokens(self.lm, num_frames, cond, batch_size=len(items), prompt=prompt, cfg_scale=cfg,
+        tokens = generate_tokens(self.decoder_lm, num_frames, cond, batch_size=len(items), prompt=prompt, cfg_scale=cfg,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, progress=progress)
         with torch.inference_mode():
             decode = getattr(self.codec, "decode_long", self.codec.decode)
@@ -142,14 +154,16 @@ class TokenLMGenerator:
         return Audio(wav.clamp(-1.0, 1.0), self.sample_rate)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the generator directory: the LM, and the codec under ``codec/``."""
-        directory = save(self.lm, directory, extra={"generator_type": GENERATOR_TYPE})
+        """Write the generator directory: the LM (fp32 weights), and the codec under ``codec/``."""
+        directory = save(self.lm, directory, extra={"generator_type": GENERATOR_TYPE, "int8_decoding": self.int8})
         save(self.codec, directory / CODEC_DIR)  # type: ignore[arg-type]
         return directory
 
 
 @register_generator(GENERATOR_TYPE)
 def load_token_lm(directory: Path, device: str = "cpu") -> TokenLMGenerator:
+    """Load a generator directory; ``int8_decoding`` in its config.json quantises the LM on CPU."""
     lm = load_model(directory, map_location=device)
     codec = load_model(Path(directory) / CODEC_DIR, map_location=device)
-    return TokenLMGenerator(lm, codec)  # type: ignore[arg-type]
+    int8 = bool(read_model_config(directory).get("int8_decoding", False)) and torch.device(device).type == "cpu"
+    return TokenLMGenerator(lm, codec, int8=int8)  # type: ignore[arg-type]
