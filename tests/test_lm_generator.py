@@ -129,7 +129,7 @@ def test_save_and_load_generator(tmp_path):
 
 
 def test_int8_decoding_generator(tmp_path):
-    gen = TokenLMGenerator(make_generator().lm, ScalarCodec(ScalarCodecConfig()), int8=True)
+    gen = TokenLMGenerator(make_generator(melody=True).lm, ScalarCodec(ScalarCodecConfig()), int8=True)
     assert gen.decoder_lm is not gen.lm
     out = gen.generate("a hymn", duration=0.3, seed=4)
     assert out.samples.shape == (1, 1, int(0.3 * SR)) and torch.isfinite(out.samples).all()

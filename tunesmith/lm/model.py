@@ -199,7 +199,7 @@ class TokenLM(nn.Module):
         if c.melody:
             if cond.melody is None:
                 raise ValueError("this model is melody-conditioned: give a melody (or zeros for none)")
-            prefix.append(self.melody_proj(cond.melody.transpose(1, 2).to(self.melody_proj.weight.dtype)))
+            prefix.append(self.melody_proj(cond.melody.transpose(1, 2).to(self.start.dtype)))
         elif cond.melody is not None:
             raise ValueError("this model has no melody conditioning")
         return (torch.cat(prefix, 1) if prefix else None), cross, cross_mask
