@@ -1,0 +1,136 @@
+"""Codec shapes, round trips, bitrates, chunking and save/load, with tiny untrained models."""
+
+import pytest
+import torch
+
+from tunesmith.checkpoint import CheckpointError, save
+from tunesmith.codec import RVQCodec, RVQCodecConfig, VAECodec, VAEConfig, load_codec
+from tunesmith.codec.spectral import istft_same, stft_same
+from tunesmith.codec.synthetic import render_clip
+
+import numpy as np
+
+
+def tiny_rvq(**kw) -> RVQCodec:
+    torch.manual_seed(0)
+    cfg = dict(dim=32, encoder_depths=(1, 1), decoder_depths=(1, 1), latent_dim=16, num_codebooks=4,
+               codebook_size=32, codebook_dim=4)
+    cfg.update(kw)
+    return RVQCodec(RVQCodecConfig(**cfg)).eval()
+
+
+def tiny_vae() -> VAECodec:
+    torch.manual_seed(0)
+    return VAECodec(VAEConfig(dim=32, encoder_depths=(1, 1, 1), decoder_depths=(1, 1, 1), latent_dim=8)).eval()
+
+
+def clip(seconds: float, seed: int = 0) -> torch.Tensor:
+    return render_clip(np.random.default_rng(seed), int(seconds * 24000), 24000)[None]
+
+
+def test_stft_same_is_exactly_invertible():
+    x = torch.randn(3, 24000)
+    spec = stft_same(x, 960, 240)
+    assert spec.shape == (3, 481, 100)
+    assert torch.allclose(istft_same(spec, 960, 240), x, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of the hop"):
+        stft_same(torch.randn(1, 1000), 960, 240)
+
+
+def test_rvq_shapes_and_frame_rate():
+    codec = tiny_rvq()
+    assert codec.frame_rate == 50.0 and codec.bitrate() == 50 * 4 * 5
+    wav = clip(1.3)  # not a whole number of frames: padded up
+    tokens = codec.encode(wav)
+    assert tokens.dtype == torch.int64 and tokens.shape == (1, 4, 65)
+    assert 0 <= tokens.min() and tokens.max() < 32
+    out = codec.decode(tokens)
+    assert out.shape == (1, 1, 65 * 480)
+    assert torch.isfinite(out).all()
+
+
+def test_rvq_decodes_at_every_bitrate_and_codes_are_prefixes():
+    codec = tiny_rvq()
+    wav = clip(1.0)
+    full = codec.encode(wav)
+    outs = []
+    for k in range(1, 5):
+        tokens = codec.encode(wav, num_codebooks=k)
+        assert torch.equal(tokens, full[:, :k])  # residual stages do not depend on later ones
+        out = codec.decode(tokens)
+        assert out.shape == (1, 1, 24000)
+        outs.append(out)
+    assert not torch.allclose(outs[0], outs[-1])  # later codebooks change the audio
+    with pytest.raises(ValueError, match="num_codebooks"):
+        codec.encode(wav, num_codebooks=5)
+    with pytest.raises(ValueError, match="codes must lie"):
+        codec.decode(torch.full((1, 2, 10), 32))
+
+
+def test_quantizer_dropout_uses_fewer_codebooks_in_training():
+    codec = tiny_rvq(quantizer_dropout=1.0)
+    codec.train()
+    torch.manual_seed(1)
+    wav = clip(0.5).repeat(8, 1, 1)
+    z = codec.encoder(wav)
+    out_drop, _, _ = codec.quantizer(z)
+    codec.quantizer.quantizer_dropout = 0.0
+    torch.manual_seed(1)
+    out_full, _, _ = codec.quantizer(z)
+    # with dropout some items keep fewer stages, so their quantized latents differ
+    differs = [(not torch.allclose(out_drop[i], out_full[i])) for i in range(8)]
+    assert any(differs)  # with probability 1 - 4**-8 at least one item dropped stages
+
+
+def test_vae_shapes_sampling_and_seed():
+    vae = tiny_vae()
+    assert vae.frame_rate == 25.0
+    wav = clip(2.0)
+    mean = vae.encode(wav)
+    assert mean.shape == (1, 8, 50)
+    a, b = vae.encode(wav, sample=True, seed=3), vae.encode(wav, sample=True, seed=3)
+    c = vae.encode(wav, sample=True, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert vae.decode(mean).shape == (1, 1, 48000)
+    with pytest.raises(ValueError, match="latents of shape"):
+        vae.decode(torch.zeros(1, 7, 10))
+
+
+@pytest.mark.parametrize("make", [tiny_rvq, tiny_vae])
+def test_chunked_equals_unchunked(make):
+    codec = make()
+    wav = clip(7.3, seed=2)
+    with torch.inference_mode():
+        whole = codec.encode(wav)
+        chunked = codec.encode_long(wav, chunk_seconds=1.5)
+    if whole.dtype == torch.int64:
+        assert (whole == chunked).float().mean() > 0.99
+    else:
+        assert torch.allclose(whole, chunked, atol=1e-4)
+    with torch.inference_mode():
+        audio = codec.decode(whole)
+        audio_chunked = codec.decode_long(whole, chunk_seconds=1.5)
+    assert audio.shape == audio_chunked.shape
+    assert torch.allclose(audio, audio_chunked, atol=1e-4)
+
+
+def test_bad_audio_is_rejected():
+    codec = tiny_rvq()
+    with pytest.raises(ValueError, match="shape"):
+        codec.encode(torch.zeros(1, 2, 4800))
+    with pytest.raises(ValueError, match="NaN"):
+        codec.encode(torch.full((1, 1, 4800), float("nan")))
+    with pytest.raises(ValueError, match="empty"):
+        codec.encode(torch.zeros(1, 1, 0))
+
+
+def test_save_load_roundtrip_fp16(tmp_path):
+    codec = tiny_rvq()
+    save(codec.half(), tmp_path / "c")
+    loaded = load_codec(tmp_path / "c")
+    codec = codec.float()
+    wav = clip(1.0)
+    assert loaded.num_codebooks == 4 and next(loaded.parameters()).dtype == torch.float32
+    assert (loaded.encode(wav) == codec.encode(wav)).float().mean() > 0.95
+    with pytest.raises(CheckpointError):
+        load_codec(tmp_path / "missing")

@@ -1,0 +1,53 @@
+"""STFT analysis and inverse-STFT synthesis with "same" padding: T samples <-> T / hop frames.
+
+The codec works at frame rate and leaves the waveform to an inverse STFT (Vocos,
+Siuzdak 2023): the decoder predicts a log-magnitude and a phase per bin and the
+inverse FFT plus overlap-add does the upsampling for free.  Both directions pad
+by ``(n_fft - hop) / 2`` on each side instead of torch's ``center=True``, so that
+exactly ``T / hop`` frames describe ``T`` samples — which makes strided
+downsampling and chunked processing line up without off-by-one frames.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check(n_fft: int, hop: int) -> None:
+    if (n_fft - hop) % 2:
+        raise ValueError(f"n_fft - hop must be even for symmetric padding, got n_fft={n_fft}, hop={hop}")
+
+
+def stft_same(wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """Complex STFT of (B, T) audio with T % hop == 0 -> (B, n_fft // 2 + 1, T // hop)."""
+    _check(n_fft, hop)
+    if wav.shape[-1] % hop:
+        raise ValueError(f"audio length {wav.shape[-1]} is not a multiple of the hop {hop}")
+    pad = (n_fft - hop) // 2
+    padded = F.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]
+    window = torch.hann_window(n_fft, device=wav.device, dtype=wav.dtype)
+    return torch.stft(padded, n_fft, hop, window=window, center=False, return_complex=True)
+
+
+def istft_same(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """Inverse of :func:`stft_same`: (B, n_fft // 2 + 1, F) complex -> (B, F * hop) audio.
+
+    Windowed overlap-add normalised by the summed squared window (the least-squares
+    inverse, Griffin & Lim 1984).  Written with ``irfft`` + ``fold`` rather than
+    ``torch.istft`` because the latter insists on ``center`` padding.
+    """
+    _check(n_fft, hop)
+    frames = spec.shape[-1]
+    window = torch.hann_window(n_fft, device=spec.device, dtype=spec.real.dtype)
+    chunks = torch.fft.irfft(spec, n=n_fft, dim=1, norm="backward") * window[None, :, None]
+    length = (frames - 1) * hop + n_fft
+    signal = F.fold(chunks, output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop))[:, 0, 0]
+    envelope = F.fold(
+        window.square()[None, :, None].expand(1, n_fft, frames),
+        output_size=(1, length),
+        kernel_size=(1, n_fft),
+        stride=(1, hop),
+    )[0, 0, 0]
+    pad = (n_fft - hop) // 2
+    return signal[:, pad : length - pad] / envelope[pad : length - pad].clamp_min(1e-8)

@@ -1,0 +1,151 @@
+"""The codec GAN as a training-engine Task, shared by the RVQ codec and the VAE.
+
+Per step: reconstruct the batch; after ``gan_start_step`` first update the
+discriminator on (real, reconstruction), then the codec on
+    mel * L_mel + stft * L_stft + bottleneck terms [+ adversarial * L_adv + fm * L_fm].
+Before ``gan_start_step`` only the reconstruction terms train the codec, so the GAN
+starts from a decoder that already reconstructs (as Vocos and EnCodec recommend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tunesmith.codec.discriminators import Discriminator, DiscriminatorConfig
+from tunesmith.codec.gaussian import gaussian_kl
+from tunesmith.codec.losses import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    mel_distance,
+    stft_distance,
+)
+from tunesmith.codec.model import NetConfig, RVQCodec, VAECodec
+from tunesmith.codec.quantize import perplexity
+from tunesmith.codec.synthetic import SyntheticClips
+from tunesmith.train import unwrap
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass
+class DataConfig:
+    manifest: str = "/work/data/corpus-v1/manifest.jsonl"  # or "synthetic" for seeded test signals
+    segment_seconds: float = 1.0
+    synthetic_clips: int = 512
+    valid_clips: int = 8  # clips of the valid split scored by validate()
+    valid_seconds: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.segment_seconds <= 0 or self.valid_seconds <= 0:
+            raise ValueError("segment_seconds and valid_seconds must be > 0")
+
+
+@dataclass
+class LossConfig:
+    mel: float = 15.0
+    stft: float = 1.0
+    adversarial: float = 1.0
+    feature_matching: float = 2.0
+    commitment: float = 0.25  # RVQ only
+    codebook: float = 1.0  # RVQ only
+    kl: float = 1e-4  # VAE only
+    gan_start_step: int = 4000
+
+
+@dataclass
+class CodecRunParts:
+    """Fields every codec run config has (subclasses add ``model`` and ``train``)."""
+
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def make_datasets(data: DataConfig, model: NetConfig, seed: int) -> tuple[Dataset, Dataset]:
+    """(train, valid) datasets: the corpus manifest, or synthetic clips."""
+    if data.manifest == SYNTHETIC:
+        train = SyntheticClips(data.synthetic_clips, data.segment_seconds, model.sample_rate, model.channels, seed)
+        valid = SyntheticClips(data.valid_clips, data.valid_seconds, model.sample_rate, model.channels, seed + 1)
+        return train, valid
+    from tunesmith.data.datasets import AudioClipDataset
+
+    train = AudioClipDataset(data.manifest, "train", model.sample_rate, model.channels, data.segment_seconds)
+    valid = AudioClipDataset(data.manifest, "valid", model.sample_rate, model.channels, data.valid_seconds)
+    return train, valid
+
+
+class CodecTask:
+    """A Task for the engine: modules ``codec`` and ``discriminator``."""
+
+    def __init__(self, codec: RVQCodec | VAECodec, discriminator: Discriminator, loss: LossConfig,
+                 train_dataset: Dataset, valid_dataset: Dataset, valid_clips: int) -> None:
+        self.codec, self.discriminator, self.loss = codec, discriminator, loss
+        self.train_dataset, self.valid_dataset = train_dataset, valid_dataset
+        self.valid_clips = min(valid_clips, len(valid_dataset))  # type: ignore[arg-type]
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"codec": self.codec, "discriminator": self.discriminator}
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {"audio": torch.stack([it["audio"] for it in items])}
+
+    def _bottleneck(self, codec: nn.Module, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Reconstruction, bottleneck loss and its metrics for either codec."""
+        raw = unwrap(codec)
+        if isinstance(raw, RVQCodec):
+            recon, _, stats = codec(wav)
+            loss = self.loss.commitment * stats["commitment"] + self.loss.codebook * stats["codebook"]
+            metrics = {"commitment": float(stats["commitment"].detach()), "restarted": float(stats["restarted"])}
+            for k, counts in enumerate(stats["usage"]):
+                metrics[f"perplexity/{k}"] = perplexity(counts)
+            return recon, loss, metrics
+        recon, mean, std = codec(wav)
+        kl = gaussian_kl(mean.float(), std.float())
+        return recon, self.loss.kl * kl, {"kl": float(kl.detach()), "latent_std": float(mean.detach().std())}
+
+    def training_step(self, modules: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int) -> Iterator:
+        wav = batch["audio"]
+        recon, bottleneck, metrics = self._bottleneck(modules["codec"], wav)
+        sr = unwrap(modules["codec"]).sample_rate
+        mel = mel_distance(recon, wav, sr)
+        stft = stft_distance(recon, wav)
+        total = self.loss.mel * mel + self.loss.stft * stft + bottleneck
+        metrics.update(mel=float(mel.detach()), stft=float(stft.detach()))
+        if step >= self.loss.gan_start_step:
+            outputs_real = modules["discriminator"](wav)
+            outputs_fake = modules["discriminator"](recon.detach())
+            d_loss = discriminator_loss([o[0] for o in outputs_real], [o[0] for o in outputs_fake])
+            yield "discriminator", d_loss, {}
+            disc = unwrap(modules["discriminator"])  # the codec's loss must not wait on D's gradients
+            with torch.no_grad():
+                real_features = [o[1] for o in disc(wav)]
+            fake = disc(recon)
+            adv = generator_adversarial_loss([o[0] for o in fake])
+            fm = feature_matching_loss(real_features, [o[1] for o in fake])
+            total = total + self.loss.adversarial * adv + self.loss.feature_matching * fm
+            metrics.update(adversarial=float(adv.detach()), feature_matching=float(fm.detach()))
+        yield "codec", total, metrics
+
+    @torch.no_grad()
+    def validate(self, modules: dict[str, nn.Module], step: int) -> dict[str, float]:
+        """Mel and STFT distances on the first ``valid_clips`` clips of the valid split."""
+        codec = unwrap(modules["codec"])
+        device = next(codec.parameters()).device
+        wav = torch.stack([self.valid_dataset[i]["audio"] for i in range(self.valid_clips)]).to(device)
+        out: dict[str, float] = {}
+        if isinstance(codec, RVQCodec):
+            for k in sorted({1, codec.num_codebooks // 2, codec.num_codebooks} - {0}):
+                recon = codec.decode(codec.encode(wav, k))
+                out[f"mel@{k}q"] = float(mel_distance(recon, wav, codec.sample_rate))
+            out["stft"] = float(stft_distance(recon, wav))
+        else:
+            recon = codec.decode(codec.encode(wav))
+            out["mel"] = float(mel_distance(recon, wav, codec.sample_rate))
+            out["stft"] = float(stft_distance(recon, wav))
+        return out
