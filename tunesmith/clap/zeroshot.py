@@ -71,7 +71,7 @@ def flat_zero_shot(model, audio_emb: torch.Tensor, labels: list[str], template: 
     if not labels:
         raise ValueError("no labels to classify into")
     label_emb = model.embed_text([template.format(label) for label in labels])
-    return label_probabilities(audio_emb, label_emb, float(model.logit_scale.exp().clamp(max=100.0)))
+    return label_probabilities(audio_emb, label_emb, float(model.logit_scale.detach().exp().clamp(max=100.0)))
 
 
 def chils_combine(

@@ -106,22 +106,27 @@ def cadence_notes(key: Key, bpm: float = 90.0, octave: int = 3) -> list[Note]:
 
 
 def tune_notes(key: Key, bpm: float, bars: int = 8, *, seed: int = 0) -> list[Note]:
-    """A corpus-like tune in 4/4: a bass on every beat (tonic or fifth, louder on the
-    downbeat) and a random diatonic melody in eighth notes over it."""
+    """A corpus-like tune in 4/4 over the progression I-IV-V-I (i-iv-V-i in minor): a bass
+    on every beat (the chord root, louder on the downbeat) and a random melody in eighth
+    notes that lands on chord tones on the beats and moves through the scale between them."""
     rng = np.random.default_rng(seed)
-    steps = (0, 2, 4, 5, 7, 9, 11) if key.mode == "major" else (0, 2, 3, 5, 7, 8, 11)
+    scale = (0, 2, 4, 5, 7, 9, 11) if key.mode == "major" else (0, 2, 3, 5, 7, 8, 11)
+    third = 4 if key.mode == "major" else 3
+    sixth = 9 if key.mode == "major" else 8
+    chords = ((0, third, 7), (5, sixth, 12), (7, 11, 14), (0, third, 7))
     beat = 60.0 / bpm
     bass_root = 12 * 3 + key.tonic
     melody_root = 12 * 5 + key.tonic
     notes: list[Note] = []
     for bar in range(bars):
-        harmony = 0 if bar % 2 == 0 else 7
+        chord = chords[bar % 4]
         for b in range(4):
             t = (bar * 4 + b) * beat
-            notes.append((t, beat * 0.9, bass_root + harmony, 0.9 if b == 0 else 0.6))
-            for half in range(2):
-                degree = steps[int(rng.integers(0, 7))]
-                notes.append((t + half * beat / 2, beat * 0.45, melody_root + degree, 0.5))
+            notes.append((t, beat * 0.9, bass_root + chord[0] % 12, 0.9 if b == 0 else 0.6))
+            on_beat = chord[int(rng.integers(0, 3))] % 12
+            between = scale[int(rng.integers(0, 7))]
+            notes.append((t, beat * 0.45, melody_root + on_beat, 0.5))
+            notes.append((t + beat / 2, beat * 0.45, melody_root + between, 0.4))
     return notes
 
 
