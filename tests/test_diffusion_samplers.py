@@ -28,6 +28,15 @@ from tunesmith.diffusion.samplers import SAMPLERS, expected_nfe, get_sigmas, sam
 SIGMA_MAX = 80.0
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on a shared 2-core machine: one thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _col(sigma, x):
     sigma = torch.as_tensor(sigma, dtype=x.dtype)
     return sigma.view(-1, *[1] * (x.dim() - 1)) if sigma.dim() else sigma
