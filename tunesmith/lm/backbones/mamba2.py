@@ -19,6 +19,7 @@ scan runs in its fused Triton kernel instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -170,3 +171,74 @@ class Mamba2Backbone(SSMBackbone):
             cross_heads=config.cross_heads,
         )
         self.config = config
+
+
+# ---------------------------------------------------------------------------
+# sizes matched to the Transformer presets
+
+
+def count_backbone_parameters(name: str, dim: int, options: dict, cross_attention: bool = False) -> int:
+    """Parameters of backbone ``name`` at width ``dim``, counted without allocating (meta device)."""
+    from tunesmith.lm.backbones.base import build_backbone
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_backbone(name, dim, options, cross_attention=cross_attention).parameters())
+
+
+def matched_options(dim: int, target_params: int, mlp_multiple: int = 16, **base: object) -> dict:
+    """Mamba-2 options (n_layers, mlp_hidden) whose backbone has about ``target_params`` parameters.
+
+    The count is linear in ``mlp_hidden`` for a fixed depth, so for every depth the
+    MLP width that hits the target is solved for directly; of those, the depth whose
+    MLP stays closest to the Transformer's 4 x dim is kept.  ``base`` fixes the other
+    options (d_state, head_dim, ...).
+    """
+    best: tuple[float, dict] | None = None
+    for layers in range(1, 64):
+        opts = {**base, "n_layers": layers}
+        n1 = count_backbone_parameters("mamba2", dim, {**opts, "mlp_hidden": mlp_multiple})
+        n2 = count_backbone_parameters("mamba2", dim, {**opts, "mlp_hidden": 2 * mlp_multiple})
+        per_unit = (n2 - n1) / mlp_multiple
+        hidden = round((mlp_multiple + (target_params - n1) / per_unit) / mlp_multiple) * mlp_multiple
+        if hidden < mlp_multiple:
+            break  # deeper stacks alone already exceed the target
+        candidate = {**opts, "mlp_hidden": int(hidden)}
+        score = abs(hidden / dim - 4.0)
+        if best is None or score < best[0]:
+            best = (score, candidate)
+    if best is None:
+        raise ValueError(f"no Mamba-2 stack of width {dim} has as few as {target_params} parameters")
+    return best[1]
+
+
+#: Mamba-2 options matching the Transformer LM presets of tunesmith.lm.train (run/lm tiny,
+#: small, musicgen-small; each with cross-attention in every layer) within 3% in total LM
+#: parameters, conditioned by prefix instead (computed with :func:`matched_options`;
+#: tests/test_ssm_presets.py checks the match).
+PRESETS: dict[str, dict] = {
+    "tiny": {"n_layers": 2, "d_state": 16, "head_dim": 32, "mlp_hidden": 304},
+    "small": {"n_layers": 7, "d_state": 64, "head_dim": 64, "mlp_hidden": 1920},
+    "musicgen-small": {"n_layers": 27, "d_state": 64, "head_dim": 64, "mlp_hidden": 4096},
+}
+
+
+def _register_run_presets() -> None:
+    """``run/lm`` presets ``<size>-mamba2``: the Transformer run preset with the matched SSM backbone."""
+    from tunesmith.config import register_preset
+
+    def make(size: str):
+        def run_preset():
+            from tunesmith.config import preset
+
+            run = preset("run/lm", size)
+            model = dataclasses.replace(run.model, backbone="mamba2", backbone_config=dict(PRESETS[size]), conditioning="prefix")
+            train = dataclasses.replace(run.train, out_dir=run.train.out_dir + "-mamba2")
+            return dataclasses.replace(run, model=model, train=train)
+
+        return run_preset
+
+    for size in PRESETS:
+        register_preset("run/lm", f"{size}-mamba2")(make(size))
+
+
+_register_run_presets()
