@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tunesmith.checkpoint import save
-from tunesmith.config import register_preset
+from tunesmith.config import ConfigError, register_preset
 from tunesmith.diffusion.denoiser import Denoiser
 from tunesmith.diffusion.dit import DiT, DiTConfig
 from tunesmith.diffusion.objectives import sample_training_sigmas
@@ -159,10 +159,10 @@ class CachedLatents(Dataset):
         self.data = data
         self.cache = FrameCache(data.cache_dir, data.split)
         if self.cache.kind != "latents":
-            raise ValueError(f"{data.cache_dir} holds {self.cache.kind}, not VAE latents")
+            raise ConfigError(f"{data.cache_dir} holds {self.cache.kind}, not VAE latents")
         width = int(self.cache.meta["latent_dim"])
         if width != model.latent_dim:
-            raise ValueError(f"cache latents have {width} channels but model.latent_dim is {model.latent_dim}")
+            raise ConfigError(f"cache latents have {width} channels but model.latent_dim is {model.latent_dim}")
         self.frame_rate = float(self.cache.meta["frame_rate"])
 
     def __len__(self) -> int:
@@ -234,7 +234,7 @@ class DiffusionTask:
             self.train_dataset: Dataset = SyntheticLatents(config.data, config.model)
         else:
             if not Path(cache).is_dir():
-                raise ValueError(f"latent cache not found: {cache} (build it with the corpus tools, or use 'synthetic')")
+                raise ConfigError(f"latent cache not found: {cache} (build it with the corpus tools, or use 'synthetic')")
             self.train_dataset = CachedLatents(config.data, config.model)
         self.model = DiT(config.model)
         self._text_encoder = None

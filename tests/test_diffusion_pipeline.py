@@ -1,0 +1,161 @@
+"""The latent-diffusion generator end to end: real (tiny, untrained) DiT and VAE, the real MiniLM encoder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tunesmith.audio import Audio
+from tunesmith.cli import main
+from tunesmith.codec.model import VAECodec, VAEConfig
+from tunesmith.conditioning.text import get_text_encoder
+from tunesmith.diffusion.dit import DiT, DiTConfig
+from tunesmith.diffusion.pipeline import LatentDiffusionGenerator
+from tunesmith.generator import Generator, load_generator
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _dit(inpainting: bool = True, seed: int = 0) -> DiT:
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig(latent_dim=8, width=32, depth=2, heads=2, text_dim=384, fourier_dim=16, max_seconds=8.0,
+                          inpainting=inpainting))
+    with torch.no_grad():  # an untrained output layer is zero; give it weights so outputs vary
+        model.proj_out.weight.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def generator() -> LatentDiffusionGenerator:
+    torch.manual_seed(0)
+    vae = VAECodec(VAEConfig(dim=32, strides=(2, 2), encoder_depths=(1, 1, 1), decoder_depths=(1, 1, 1), latent_dim=8))
+    return LatentDiffusionGenerator(_dit(), vae.eval(), get_text_encoder("minilm"))
+
+
+def test_generate_returns_audio_and_seeds_reproduce(generator):
+    assert isinstance(generator, Generator)
+    a = generator.generate(["a waltz for strings", "fast drums"], duration=1.3, seed=1, steps=4)
+    b = generator.generate(["a waltz for strings", "fast drums"], duration=1.3, seed=1, steps=4)
+    c = generator.generate(["a waltz for strings", "fast drums"], duration=1.3, seed=2, steps=4)
+    assert a.sample_rate == 24000 and a.samples.shape == (2, 1, round(1.3 * 24000))
+    assert torch.isfinite(a.samples).all() and a.samples.abs().max() <= 1
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.equal(a.samples, c.samples)
+
+
+def test_guidance_scale_one_is_the_conditional_model(generator):
+    cond, uncond = generator.conditioning(["slow piano"], 2.0)
+    one = generator.generate_latents(cond, uncond, 20, seed=3, steps=5, cfg=1.0)
+    plain = generator.generate_latents(cond, None, 20, seed=3, steps=5)
+    guided = generator.generate_latents(cond, uncond, 20, seed=3, steps=5, cfg=5.0)
+    assert torch.equal(one.latents, plain.latents) and one.nfe == plain.nfe == 5
+    assert not torch.allclose(guided.latents, plain.latents)
+
+
+@pytest.mark.parametrize("inpainting", [True, False])
+def test_inpainting_keeps_known_latents_exactly(generator, inpainting):
+    gen = LatentDiffusionGenerator(_dit(inpainting), generator.codec, generator.text_encoder)
+    cond, uncond = gen.conditioning(["a folk tune"], 2.0)
+    known = torch.randn(1, 8, 30, generator=torch.Generator().manual_seed(0))
+    keep = torch.zeros(1, 1, 30)
+    keep[..., :10] = 1
+    keep[..., 25:] = 1
+    out = gen.generate_latents(cond, uncond, 30, seed=0, steps=6, cfg=3.0, init_latents=known, keep_mask=keep,
+                               repaint_resample=2)
+    kept = keep.expand_as(known).bool()
+    assert torch.equal(out.latents[kept], known[kept])
+    assert not torch.allclose(out.latents[~kept], known[~kept])
+    assert out.nfe == (6 if inpainting else 5 * 2 + 1)
+
+
+def test_audio_to_audio_strength_controls_the_departure(generator):
+    cond, _ = generator.conditioning(["a march"], 2.0)
+    ref = torch.randn(1, 8, 40, generator=torch.Generator().manual_seed(0))
+    dist = [
+        (generator.generate_latents(cond, None, 40, seed=0, steps=8, init_latents=ref, strength=s).latents - ref).norm().item()
+        for s in (0.1, 0.5, 1.0)
+    ]
+    assert dist[0] < dist[1] < dist[2]
+
+
+def test_outpainting_and_masks_from_seconds(generator):
+    ref = Audio(0.1 * torch.randn(1, 24000, generator=torch.Generator().manual_seed(0)), 24000)
+    out = generator.generate("a calm ending", duration=2.0, seed=0, steps=3, init_audio=ref)
+    assert out.samples.shape == (1, 1, 48000)
+    keep = generator.keep_mask([(0.2, 0.4)], frames=50, have=25)
+    assert keep.shape == (1, 1, 50)
+    assert keep[0, 0, :5].eq(1).all() and keep[0, 0, 5:10].eq(0).all() and keep[0, 0, 10:25].eq(1).all()
+    assert keep[0, 0, 25:].eq(0).all()  # beyond the reference: generated
+    per_sample = torch.zeros(50 * 960, dtype=torch.bool)
+    per_sample[960 * 30 : 960 * 31] = True
+    assert generator.keep_mask(per_sample, frames=50, have=50)[0, 0].eq(0).nonzero().flatten().tolist() == [30]
+
+
+def test_bad_requests_get_clear_errors(generator):
+    with pytest.raises(ValueError, match="beyond this model's limit"):
+        generator.generate("x", duration=9.0)
+    with pytest.raises(ValueError, match="duration must be > 0"):
+        generator.generate("x", duration=-1)
+    with pytest.raises(ValueError, match="unknown controls"):
+        generator.generate("x", duration=1.0, temperature=1.0)
+    with pytest.raises(ValueError, match="needs the reference audio"):
+        generator.generate("x", duration=1.0, mask=[(0.0, 0.5)])
+    with pytest.raises(ValueError, match="unknown sampler"):
+        generator.generate("x", duration=1.0, sampler="plms")
+    with pytest.raises(ValueError, match="latent channels"):
+        LatentDiffusionGenerator(DiT(DiTConfig(latent_dim=4, width=32, depth=1, heads=2, text_dim=384)), generator.codec)
+
+
+def test_save_and_load_generator(generator, tmp_path):
+    directory = generator.save(tmp_path / "gen")
+    assert json.loads((directory / "config.json").read_text())["generator_type"] == "latent-diffusion"
+    loaded = load_generator(directory)
+    loaded._text_encoder = generator.text_encoder
+    a = generator.generate("a hymn", duration=1.0, seed=5, steps=3)
+    b = loaded.generate("a hymn", duration=1.0, seed=5, steps=3)
+    assert torch.equal(a.samples, b.samples)
+
+
+def test_train_cli_runs_and_exports(tmp_path, capsys):
+    code = main(["train", "diffusion", "--preset", "tiny", "--set", "train.steps=4", "--out", str(tmp_path / "run"),
+                 "--export", str(tmp_path / "model")])
+    assert code == 0
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert meta["model_type"] == "dit" and meta["generator_type"] == "latent-diffusion"
+    assert main(["train", "diffusion", "--preset", "tiny", "--set", "data.cache_dir=/nonexistent",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "latent cache not found" in capsys.readouterr().err
+
+
+def test_training_on_a_latent_cache(tmp_path):
+    import numpy as np
+
+    from tunesmith.config import apply_overrides, preset
+    from tunesmith.data.cache import write_frame_cache
+    from tunesmith.diffusion.train import make_task
+    from tunesmith.train.engine import Trainer
+
+    rng = np.random.default_rng(0)
+    items = [(rng.standard_normal((n, 4)).astype(np.float32), {"id": f"c{i}", "caption": f"tune number {i}"})
+             for i, n in enumerate([30, 12, 50, 20])]
+    meta = {"kind": "latents", "model": "none", "frame_rate": 25.0, "sample_rate": 24000, "latent_dim": 4}
+    cache = write_frame_cache(tmp_path / "cache", "train", items, meta)
+    cfg = apply_overrides(preset("run/diffusion", "tiny"), [
+        f"data.cache_dir={cache}", "model.text_dim=384", "train.batch_size=2", "train.steps=3",
+        f"train.out_dir={tmp_path / 'run'}", "data.segment_frames=16"])
+    task = make_task(cfg)
+    item = task.train_dataset.get_item(1, np.random.default_rng(0))  # a 12-frame clip, padded to 16
+    assert item["latents"].shape == (4, 16) and item["latents"][:, 12:].eq(0).all()
+    assert item["seconds_total"] == pytest.approx(12 / 25) and item["caption"] == "tune number 1"
+    result = Trainer(task, cfg.train).fit()
+    assert result.step == 3 and np.isfinite(result.last_metrics["loss/dit"])
+    with pytest.raises(Exception, match="channels"):
+        make_task(apply_overrides(cfg, ["model.latent_dim=8"]))
