@@ -6,6 +6,7 @@
     tunesmith codec cache --manifest corpus/manifest.jsonl --out caches/tokens [--model vae-24k]
     tunesmith codec train [--vae] --preset small --out runs/codec-v1 [--resume]
     tunesmith codec export --run runs/codec-v1 --out models/codec-24k
+    tunesmith codec curves rvq=runs/codec-v1 vae=runs/vae-v1 --out docs/codec_curves.png
 
 An .npz holds ``tokens`` (K, F) int16 or ``latents`` (D, F) float32 plus ``sample_rate``,
 ``channels``, ``num_samples`` and ``model``; it contains no object arrays and is read
@@ -80,6 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--eval-clips", type=int, default=32)
     x.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16)")
     x.set_defaults(func=_export)
+
+    g = verbs.add_parser("curves", help="plot training curves of runs to a PNG")
+    g.add_argument("runs", nargs="+", help="run directories (label=DIR to name them)")
+    g.add_argument("--out", required=True, help="PNG path")
+    g.set_defaults(func=_curves)
 
 
 # ---------------------------------------------------------------------------
@@ -211,7 +217,7 @@ def _cache(args: argparse.Namespace) -> int:
                 item, record = data[i], data.records[i]
                 wav = item["audio"][None]
                 frames = codec.encode_long(wav, args.num_codebooks) if rvq else codec.encode_long(wav)
-                yield frames[0].T.numpy(), {"id": record["id"], "caption": record["caption"],
+                yield np.ascontiguousarray(frames[0].T.numpy()), {"id": record["id"], "caption": record["caption"],
                                             "tags": record["tags"], "duration": record["duration"]}
 
         write_frame_cache(args.out, split, items(), meta)
@@ -242,4 +248,12 @@ def _export(args: argparse.Namespace) -> int:
                   **evaluate_codec(codec, clips)}
         (path / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["metrics"], indent=2))
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from tunesmith.codec.curves import plot_runs
+
+    runs = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.runs)
+    print(f"wrote {plot_runs(runs, args.out)}")
     return 0
