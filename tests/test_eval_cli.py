@@ -149,3 +149,17 @@ def test_plain_text_prompts_carry_their_targets(tmp_path):
     bad.write_text('{"prompt": "x", "mode": "lydian"}\n')
     with pytest.raises(PromptFileError, match="mode must be"):
         read_prompts(bad)
+
+
+def test_free_wording_prompt_set_is_valid():
+    from importlib.resources import files
+
+    from tunesmith.clap.zeroshot import instrument_hierarchy
+
+    path = Path(str(files("tunesmith.eval") / "free_prompts.jsonl"))
+    specs = read_prompts(path)
+    assert len(specs) >= 20
+    families = set(instrument_hierarchy())
+    for spec in specs:
+        assert spec.tempo_bpm and spec.target_key is not None and spec.families
+        assert set(spec.families) <= families, spec
