@@ -89,6 +89,18 @@ def test_every_sampler_matches_gaussian_moments(sampler):
     assert abs(out.x.std().item() / std - 1) < 0.04
 
 
+@pytest.mark.parametrize("sampler, options", [("ddim", {"eta": 1.0}), ("euler", {"s_churn": 40.0}), ("heun", {"s_churn": 40.0})])
+def test_stochastic_variants_match_gaussian_moments(sampler, options):
+    """Ancestral DDIM (eta = 1) and EDM's churn are first order in their noise: more steps, same target."""
+    mu, std = 0.7, 0.5
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
+    steps = 60 if sampler == "heun" else 300
+    sigmas = get_sigmas("exponential", steps, 0.002, SIGMA_MAX)
+    x = sample(gaussian_denoiser(mu, std), noise, sigmas, sampler, generator=torch.Generator().manual_seed(1), **options).x
+    assert abs(x.mean().item() - mu) < 0.02
+    assert abs(x.std().item() / std - 1) < 0.04
+
+
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_every_sampler_matches_mixture_moments(sampler):
     weights, means, stds = MIX
