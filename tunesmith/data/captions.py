@@ -127,6 +127,14 @@ def source_phrase(tags: dict[str, Any], rng: np.random.Generator) -> str:
     return f"based on a {ERA_WORDS.get(era, 'traditional')} melody" if era else ""
 
 
+def _subject(inst: str, tags: dict[str, Any]) -> str:
+    """'A string quartet plays' for an ensemble name, 'Piano and drums play' for a list."""
+    if inst == tags.get("ensemble"):
+        return f"{'An' if inst[0] in 'aeiou' else 'A'} {inst} plays"
+    single = len(tags["instruments"]) == 1
+    return f"{inst[0].upper() + inst[1:]} play{'s' if single else ''}"
+
+
 def caption(tags: dict[str, Any], rng: np.random.Generator) -> str:
     """One natural-language description of a clip; every fact in it comes from ``tags``."""
     adjective = _pick(rng, tags["adjectives"]) if tags.get("adjectives") and rng.random() < 0.7 else pace_word(tags["tempo_bpm"])
@@ -137,8 +145,8 @@ def caption(tags: dict[str, Any], rng: np.random.Generator) -> str:
     article = "An" if adjective[0].lower() in "aeiou" else "A"
     forms = [
         f"{article} {adjective} {noun} for {inst} in {key}, {tempo}.",
-        f"{inst[0].upper() + inst[1:]} play{'s' if len(tags['instruments']) == 1 else ''} a {adjective} {noun} in {key} at {tempo.replace('a tempo of ', '')}.",
-        f"{key[0].upper() + key[1:]} {noun}, {adjective}, featuring {inst}; {tempo}.",
+        f"{_subject(inst, tags)} a {adjective} {noun} in {key} at {tempo.replace('a tempo of ', '')}.",
+        f"{noun[0].upper() + noun[1:]} in {key}, {adjective}, featuring {inst}; {tempo}.",
         f"{article} {adjective} {noun} in {key} with {inst}, {tempo}.",
     ]
     text = _pick(rng, forms)

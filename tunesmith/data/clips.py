@@ -18,6 +18,7 @@ from tunesmith.data.captions import key_label, segment_texts
 from tunesmith.data.midi import sounding_tracks
 from tunesmith.data.styles import DYNAMICS, STYLES
 
+MIN_SEGMENT_SECONDS = 3.0  # shorter stretches are folded into their neighbour
 BEAT_NAMES = {0.5: "eighth", 1.0: "quarter", 1.5: "dotted quarter", 2.0: "half", 3.0: "dotted half", 4.0: "whole"}
 
 
@@ -130,9 +131,24 @@ def segments(arr: Arrangement, clip: ClipWindow, rng: np.random.Generator) -> li
             raw[-1]["end"] = entry["end"]
         else:
             raw.append(entry)
+    raw = _merge_short(raw, MIN_SEGMENT_SECONDS)
     if len(raw) < 2:
         return []
     raw[-1]["end"] = round(clip.duration, 2)
     for seg, text in zip(raw, segment_texts(raw, rng)):
         seg["text"] = text
     return raw
+
+
+def _merge_short(segs: list[dict[str, Any]], min_seconds: float) -> list[dict[str, Any]]:
+    """Fold stretches shorter than ``min_seconds`` into the one before (the first into the next)."""
+    out: list[dict[str, Any]] = []
+    for seg in segs:
+        if out and seg["end"] - seg["start"] < min_seconds:
+            out[-1]["end"] = seg["end"]
+        elif out and out[-1]["end"] - out[-1]["start"] < min_seconds:
+            seg = {**seg, "start": out[-1]["start"]}
+            out[-1] = seg
+        else:
+            out.append(seg)
+    return out

@@ -72,7 +72,7 @@ STYLES: dict[str, Style] = {s.name: s for s in [
           (("jazz combo", ("alto sax", "trumpet", "piano", "upright bass")),
            ("vibraphone quartet", ("vibraphone", "jazz guitar", "piano", "upright bass"))),
           ("alto sax", "tenor sax", "trumpet", "vibraphone", "clarinet"), ("piano", "jazz guitar"), ("upright bass",),
-          ("offbeat", "block"), 0.95, (0.6, 0.9), ("swinging", "jazzy", "relaxed", "laid-back")),
+          ("offbeat", "block"), 0.95, (0.6, 0.9), ("jazzy", "relaxed", "laid-back", "easygoing")),
     Style("ballad", ("duple", "triple"), (58, 84), ("pp", "mf"),
           (("piano and strings", ("piano", "string ensemble", "string ensemble", "cello")),
            ("acoustic trio", ("nylon guitar", "piano", "cello"))),
