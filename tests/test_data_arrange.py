@@ -86,3 +86,33 @@ def test_missing_soundfont_names_the_package(tmp_path, monkeypatch):
     monkeypatch.delenv("TUNESMITH_SOUNDFONT", raising=False)
     with pytest.raises(SoundFontError, match="fluid-soundfont-gm"):
         find_soundfont()
+
+
+def test_render_is_deterministic_stereo_and_audible():
+    pytest.importorskip("fluidsynth")
+    from tunesmith.data.render import render
+
+    try:
+        soundfont = find_soundfont()
+    except SoundFontError:
+        pytest.skip("no GM SoundFont installed")
+    arr = arrange(_tune(bars=4), np.random.default_rng(3), max_seconds=12.0, min_seconds=4.0)
+    a = render(arr, soundfont, 16000, channels=2, tail_seconds=0.5)
+    b = render(arr, soundfont, 16000, channels=2, tail_seconds=0.5)
+    assert a.shape == (2, round((arr.seconds(arr.bar_ticks[-1]) + 0.5) * 16000))
+    assert np.array_equal(a, b) and np.isfinite(a).all()
+    assert np.sqrt((a**2).mean()) > 1e-3
+    mono = render(arr, soundfont, 16000, channels=1, tail_seconds=0.5)
+    assert mono.shape == (1, a.shape[1]) and np.allclose(mono[0], a.mean(axis=0), atol=1e-6)
+
+
+def test_metadata_filters_works(tmp_path):
+    from tunesmith.data.sources import folder_works, read_metadata
+
+    for name in ("a.mxl", "b.mxl", "c.abc"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "meta.csv").write_text("path,rating,tags\na.mxl,4.5,folk;dance\nb.mxl,2.0,folk\nc.abc,5,hymn\n")
+    meta = read_metadata(tmp_path / "meta.csv", min_rating=4.0, tags=("folk",))
+    assert list(meta) == ["a.mxl"]
+    assert [w.id for w in folder_works(tmp_path, meta)] == [f"{tmp_path.name}/a"]
+    assert len(folder_works(tmp_path)) == 3

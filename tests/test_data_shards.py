@@ -55,3 +55,14 @@ def test_stream_matches_manifest_and_splits_across_workers(tmp_path):
     manifest_ds = open_clip_dataset(manifest, "valid", sample_rate=8000, segment_seconds=0.5)
     shard_ds = open_clip_dataset(tmp_path / "s", "valid", sample_rate=8000, segment_seconds=0.5)
     assert len(manifest_ds) == 2 and sorted(it["id"] for it in shard_ds) == ["clip.5", "clip.6"]
+
+
+def test_shards_and_stats_cli(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    manifest = _corpus(tmp_path)
+    assert main(["data", "shards", str(manifest), "--out", str(tmp_path / "cli"), "--max-count", "3"]) == 0
+    assert "train: 2 shard(s)" in capsys.readouterr().out
+    assert main(["data", "stats", str(manifest)]) == 0
+    assert '"clips": 7' in capsys.readouterr().out
+    assert main(["data", "shards", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")]) == 2
