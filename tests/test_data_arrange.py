@@ -116,3 +116,19 @@ def test_metadata_filters_works(tmp_path):
     assert list(meta) == ["a.mxl"]
     assert [w.id for w in folder_works(tmp_path, meta)] == [f"{tmp_path.name}/a"]
     assert len(folder_works(tmp_path)) == 3
+
+
+def test_accompaniment_follows_the_melody_after_transposition():
+    piece = _tune(bars=8, meter="3/4", bar_ql=3.0)
+    checked = 0
+    for seed in range(20):
+        a = arrange(piece, np.random.default_rng(seed))
+        comp = [t for t in a.tracks if t.role in ("accompaniment", "bass")]
+        for bar, triad in ((1, (5, 9, 0)), (2, (7, 11, 2))):  # the IV and V bars of the tune
+            start, end = a.bar_ticks[bar], a.bar_ticks[bar + 1]
+            allowed = {(pc + a.transpose) % 12 for pc in triad}
+            for t in comp:
+                pcs = {p % 12 for s, _, p, _ in t.notes if start <= s < end}
+                assert pcs <= allowed, (seed, a.style, t.role, bar, pcs, allowed)
+                checked += bool(pcs)
+    assert checked > 20

@@ -106,8 +106,8 @@ def arrange(piece: Piece, rng: np.random.Generator, render_index: int = 0, group
 
     first, last = _bar_range(piece, rng, render_index, max_seconds / sec_per_ql)
     range_ql = piece.measure_starts[last] - piece.measure_starts[first]
-    target = float(rng.uniform(min_seconds, min(max_seconds, 2.5 * min_seconds)))
-    passes = max(1, min(4, math.ceil(target / (range_ql * sec_per_ql)), int(max_seconds // (range_ql * sec_per_ql)) or 1))
+    passes = _passes(range_ql * sec_per_ql, float(rng.uniform(min_seconds, min(max_seconds, 2.5 * min_seconds))),
+                     max_seconds)
 
     transpose = int(rng.integers(-5, 7))
     tonic_pc = (piece.tonic_pc + transpose) % 12
@@ -135,10 +135,8 @@ def arrange(piece: Piece, rng: np.random.Generator, render_index: int = 0, group
         melody = timeline(piece.parts[0])
         ensemble, tracks = _melodic_tracks(style, rng)
         sources = {0: melody}
-        local = [[o, d, p - transpose] for o, d, p in melody]
-        starts = [q for q in bars_ql[:-1]]
-        bar_len = [piece.bar_lengths[first + (i % (last - first))] for i in range(len(starts))]
-        chords = harmonize(local, spans(starts + [bars_ql[-1]], bar_len, beat_ql), tonic_pc, piece.mode)
+        bar_lengths = [piece.bar_lengths[first + (i % (last - first))] for i in range(len(bars_ql) - 1)]
+        chords = harmonize([list(n) for n in melody], spans(bars_ql, bar_lengths, beat_ql), tonic_pc, piece.mode)
     else:
         parts = [timeline(p) for p in piece.parts]
         ensemble, tracks = _ensemble_tracks(style, rng, len(parts))
@@ -154,6 +152,13 @@ def arrange(piece: Piece, rng: np.random.Generator, render_index: int = 0, group
                       tonic_pc, piece.mode, bar_ticks, meters, tracks, sections, space, passes, texture)
     _fill_notes(arr, style, rng, chords, sources)
     return arr
+
+
+def _passes(range_seconds: float, target_seconds: float, max_seconds: float) -> int:
+    """How many times to play a short tune: enough to reach the target, at most 4, within the maximum."""
+    wanted = math.ceil(target_seconds / range_seconds)
+    fitting = int(max_seconds // range_seconds)
+    return max(1, min(4, wanted, fitting))
 
 
 def _bar_range(piece: Piece, rng: np.random.Generator, render_index: int, max_ql: float) -> tuple[int, int]:
