@@ -85,7 +85,7 @@ def text_states(batch: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run_ours(model: TokenLM, steps: int, batch: int, greedy: bool = False) -> torch.Tensor:
     frames = steps - model.config.num_codebooks + 1  # delay pattern: T + K - 1 steps
-    text, mask = text_states(batch, TEXT_DIM)
+    text, mask = text_states(batch, model.config.text_dim)
     return generate_tokens(model, frames, Conditioning(text, mask), cfg_scale=CFG, top_k=TOP_K,
                            temperature=0.0 if greedy else 1.0, seed=0)
 
@@ -149,7 +149,7 @@ def guided_logits(model: TokenLM, tokens: torch.Tensor) -> torch.Tensor:
     c = model.config
     table = layout(c.pattern, c.num_codebooks, tokens.shape[-1])
     steps = to_sequence(tokens, table, fill=c.special_token)
-    text, mask = text_states(tokens.shape[0], TEXT_DIM)
+    text, mask = text_states(tokens.shape[0], c.text_dim)
     cond = Conditioning(text, mask)
     both = model(torch.cat([steps, steps]), cond.cat(cond.null()))
     B = tokens.shape[0]
@@ -232,17 +232,23 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--sizes", default="bundled,musicgen-small", help="comma-separated subset of: " + ", ".join(SIZES))
+    parser.add_argument("--model", default=None, help="a trained LM model directory: also measure int8 quality on it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bandwidth = measure_bandwidth()
     plan = {  # (steps at batch 1, steps at batch 8, repeats, int8 agreement steps)
         "bundled": (150, 40, 2, 200) if args.quick else (500, 100, 3, 500),
-        "musicgen-small": (30, 10, 1, 60) if args.quick else (150, 40, 2, 500),
+        "musicgen-small": (30, 10, 2, 60) if args.quick else (150, 40, 2, 500),
     }
     results: dict[str, Any] = {}
     for name in args.sizes.split(","):
         steps, steps8, repeats, agree = plan[name]
         results[name] = bench_size(name, SIZES[name], steps, steps8, repeats, bandwidth, agree)
+    if args.model:  # random weights give near-flat logits; a trained model shows the real cost
+        from tunesmith.checkpoint import load_model
+
+        trained = load_model(args.model)
+        results["trained_model_int8_quality"] = quant_quality(trained, quantize_int8(trained), plan["bundled"][3])
     out: dict[str, Any] = {}
     if "bundled" in results:
         out["speedup_bundled"] = results["bundled"]["batch1_cfg"]["speedup_fp32"]
