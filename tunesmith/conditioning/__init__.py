@@ -1,1 +1,1 @@
-
+"""Conditioners: frozen text encoders (text.py) and melody chroma (melody.py)."""
