@@ -62,13 +62,16 @@ def test_causal_and_masked_cross_positions_ignored():
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
-def test_rotary_is_relative():
-    """q.k after rotation depends on the position difference only."""
-    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
-    cos, sin = rotary_tables(torch.arange(20), 8, 10000.0)
-    dot = lambda i, j: float((apply_rotary(q, cos[i : i + 1], sin[i : i + 1]) * apply_rotary(k, cos[j : j + 1], sin[j : j + 1])).sum())
+def test_rotary_is_relative_and_keeps_norms():
+    """q.k after rotation depends on the position difference only; rotation keeps lengths."""
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)  # (B, T, H, hd)
+    table = rotary_tables(torch.arange(20), 8, 10000.0)
+    rot = lambda x, i: apply_rotary(x, table[i : i + 1])  # noqa: E731
+    dot = lambda i, j: float((rot(q, i) * rot(k, j)).sum())  # noqa: E731
     assert dot(3, 1) == pytest.approx(dot(12, 10), abs=1e-5)
     assert dot(3, 1) != pytest.approx(dot(3, 2), abs=1e-3)
+    torch.testing.assert_close(rot(q, 7).norm(), q.norm())
+    torch.testing.assert_close(rot(q, 0), q)
 
 
 def test_registry_and_errors():

@@ -45,19 +45,23 @@ class TransformerConfig:
 # rotary positions (pure functions)
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (T, head_dim / 2) of the rotation angle of each position and frequency."""
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """Unit complex numbers (T, head_dim / 2): the rotation of each position at each frequency."""
     freqs = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
     angles = positions.to(torch.float64)[:, None] * freqs[None, :]
-    return angles.cos().float(), angles.sin().float()
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (first-half, second-half) pair of x (B, H, T, hd) by its position's angle."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[..., 2i], x[..., 2i+1]) of x (B, T, ..., hd) by its position's angle.
+
+    Pairs are read as complex numbers, so the rotation is one complex product; q and k
+    can be rotated together (x = (B, T, 2, H, hd)), which keeps a decoding step's op
+    count low.  ``rotations`` is (T, hd / 2) from :func:`rotary_tables`.
+    """
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    rot = rotations.view(1, rotations.shape[0], *([1] * (x.dim() - 3)), rotations.shape[1])
+    return torch.view_as_real(pairs * rot).flatten(-2).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -93,26 +97,26 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _heads(self, x: torch.Tensor, rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (rotated) and v, each (B, H, T, hd)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return q, k, v
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
+        q, k = apply_rotary(qkv[:, :, :2], rotations).permute(2, 0, 3, 1, 4)
+        return q, k, qkv[:, :, 2].transpose(1, 2)
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
         B, H, T, hd = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, H * hd))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(x)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(x, rotations)
         drop = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True))
 
     def step(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rotations: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
         start: int,
@@ -123,8 +127,7 @@ class SelfAttention(nn.Module):
         With ``index`` (the t cache positions as a device tensor) the step has static
         shapes: an indexed write and attention over the whole cache under a mask.
         """
-        q, k, v = self._heads(x)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self._heads(x, rotations)
         t = x.shape[1]
         if index is not None:
             keys.index_copy_(2, index, k)
@@ -181,12 +184,12 @@ class Block(nn.Module):
             x = x + self.drop(self.cross(self.norm_cross(x), *cross_kv, mask))
         return x + self.drop(self.ffn(self.norm2(x)))
 
-    def forward(self, x, cos, sin, cross_kv, mask):
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin))
+    def forward(self, x, rotations, cross_kv, mask):
+        x = x + self.drop(self.attn(self.norm1(x), rotations))
         return self._cross_and_ffn(x, cross_kv, mask)
 
-    def step(self, x, cos, sin, keys, values, start, cross_kv, mask, index=None):
-        x = x + self.attn.step(self.norm1(x), cos, sin, keys, values, start, index)
+    def step(self, x, rotations, keys, values, start, cross_kv, mask, index=None):
+        x = x + self.attn.step(self.norm1(x), rotations, keys, values, start, index)
         return self._cross_and_ffn(x, cross_kv, mask)
 
 
@@ -211,28 +214,27 @@ class TransformerBackbone(Backbone):
         self.blocks = nn.ModuleList(Block(dim, config, cross_attention) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.gradient_checkpointing = False
-        self._rotary: tuple[torch.Tensor, torch.Tensor] = (torch.empty(0), torch.empty(0))
+        self._rotary = torch.empty(0, dtype=torch.complex64)
         init_weights(self, config.num_layers)
 
-    def _cos_sin(self, start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary tables for positions start..end-1, from a table grown by doubling."""
-        cos, sin = self._rotary
-        if cos.shape[0] < end or cos.device != device:
-            size = max(end, 2 * cos.shape[0], 256)
-            cos, sin = rotary_tables(torch.arange(size, device=device), self.head_dim, self.config.rope_base)
-            self._rotary = (cos, sin)
-        return cos[start:end], sin[start:end]
+    def _rotations(self, start: int, end: int, device: torch.device) -> torch.Tensor:
+        """Rotary table rows for positions start..end-1, from a table grown by doubling."""
+        table = self._rotary
+        if table.shape[0] < end or table.device != device:
+            size = max(end, 2 * table.shape[0], 256)
+            table = self._rotary = rotary_tables(torch.arange(size, device=device), self.head_dim, self.config.rope_base)
+        return table[start:end]
 
     def forward(self, x, cross=None, cross_mask=None):
         self.check_cross(cross, cross_mask, x)
-        cos, sin = self._cos_sin(0, x.shape[1], x.device)
+        rotations = self._rotations(0, x.shape[1], x.device)
         mask = _attention_mask(cross_mask)
         for block in self.blocks:
             cross_kv = block.cross.keys_values(cross) if (cross is not None and block.cross is not None) else None
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, cos, sin, cross_kv, mask, use_reentrant=False)
+                x = checkpoint(block, x, rotations, cross_kv, mask, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cross_kv, mask)
+                x = block(x, rotations, cross_kv, mask)
         return self.norm(x)
 
     def allocate_state(self, batch_size, max_len, device, dtype, *, static: bool | None = None) -> KVCache:
@@ -242,7 +244,7 @@ class TransformerBackbone(Backbone):
         n = len(self.blocks)
         static = device.type == "cuda" if static is None else static
         if static:
-            self._cos_sin(0, max_len, device)  # the rotary table must cover the cache before capture
+            self._rotations(0, max_len, device)  # the rotary table must cover the cache before capture
         return KVCache(
             keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
             values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
@@ -261,14 +263,13 @@ class TransformerBackbone(Backbone):
         index = None
         if state.position is not None:  # static shapes: positions from the device-side counter
             index = state.position + torch.arange(t, device=x.device)
-            table_cos, table_sin = self._rotary
-            cos, sin = table_cos.index_select(0, index), table_sin.index_select(0, index)
+            rotations = self._rotary.index_select(0, index)
             state.position.add_(t)
         else:
-            cos, sin = self._cos_sin(start, start + t, x.device)
+            rotations = self._rotations(start, start + t, x.device)
         for i, block in enumerate(self.blocks):
             cross_kv = state.cross[i] if state.cross else None
-            x = block.step(x, cos, sin, state.keys[i], state.values[i], start, cross_kv, state.cross_mask, index)
+            x = block.step(x, rotations, state.keys[i], state.values[i], start, cross_kv, state.cross_mask, index)
         state.length = start + t
         return self.norm(x)
 
