@@ -69,6 +69,32 @@ def test_any_length_and_chunked_attention_agree():
             assert torch.allclose(model(**args), chunked(**args), atol=1e-5)
 
 
+def test_block_local_attention_is_banded_attention_plus_the_global_token():
+    from tunesmith.diffusion.dit import block_local_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 23, 8, generator=g) for _ in range(3))
+    block = torch.arange(23) // 4
+    allowed = (block[:, None] - block[None, :]).abs() <= 1
+    allowed[:, 0] = True  # everyone sees the global token
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    assert torch.allclose(block_local_attention(q, k, v, 4), expected, atol=1e-5)
+    short = torch.nn.functional.scaled_dot_product_attention(q[:, :, :9], k[:, :, :9], v[:, :, :9])
+    assert torch.allclose(block_local_attention(q[:, :, :9], k[:, :, :9], v[:, :, :9], 4), short, atol=1e-6)
+
+
+def test_local_layers_change_only_long_inputs():
+    full = _randomize_output(DiT(DiTConfig(**TINY)))
+    local = _randomize_output(DiT(DiTConfig(**{**TINY, "local_window": 3})))
+    local.load_state_dict(full.state_dict())
+    assert [local.config.is_global(i) for i in range(2)] == [False, True]
+    with torch.no_grad():
+        short, long = _inputs(t=8), _inputs(t=40)
+        assert torch.allclose(full(**short), local(**short), atol=1e-6)  # 9 positions <= 4 blocks: full attention
+        assert not torch.allclose(full(**long), local(**long), atol=1e-4)
+        assert torch.isfinite(local(**long)).all()
+
+
 def test_text_mask_hides_padding_and_dropped_text_is_finite():
     model = _randomize_output(DiT(DiTConfig(**TINY)))
     args = _inputs()

@@ -16,7 +16,10 @@ Conditioning:
 Attention runs through ``F.scaled_dot_product_attention`` (on CPU this is a
 fused, tiled kernel whose memory grows linearly with length); ``attn_chunk``
 additionally splits long query sequences into blocks so that backends without a
-fused kernel also stay linear in memory.
+fused kernel also stay linear in memory.  With ``local_window`` set, all but every
+``global_every``-th layer use block-local attention (each frame sees about three
+blocks around it plus the global token), so long-form compute also grows
+linearly in those layers while the global layers keep whole-piece structure.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class DiTConfig:
     adaln: bool = False  # also modulate every block by the global conditioning vector
     rope_base: float = 10000.0
     attn_chunk: int = 0  # split self-attention queries into blocks of this many frames (0: never)
+    local_window: int = 0  # block size (frames) of block-local self-attention; 0: every layer global
+    global_every: int = 2  # with local_window: every global_every-th layer attends globally, the rest locally
     parameterization: str = "v"  # "v" (cosine schedule) or "edm"
     sigma_data: float = 1.0  # EDM's data standard deviation (latents are ~unit variance)
 
@@ -63,6 +68,12 @@ class DiTConfig:
             raise ValueError(f"parameterization must be 'v' or 'edm', got {self.parameterization!r}")
         if self.max_seconds <= 0 or self.sigma_data <= 0 or self.attn_chunk < 0 or self.ffn_mult <= 0:
             raise ValueError("max_seconds, sigma_data, ffn_mult must be > 0 and attn_chunk >= 0")
+        if self.local_window < 0 or self.global_every < 1:
+            raise ValueError("local_window must be >= 0 and global_every >= 1")
+
+    def is_global(self, layer: int) -> bool:
+        """Whether self-attention of ``layer`` sees the whole sequence (else a local window)."""
+        return self.local_window == 0 or (layer + 1) % self.global_every == 0
 
     @property
     def ffn_hidden(self) -> int:
@@ -113,12 +124,41 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     )
 
 
+def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
+    """Attention restricted to a neighbourhood: cost and memory linear in length.
+
+    The sequence is cut into blocks of ``block`` positions; the queries of block i
+    attend to key blocks i-1, i and i+1 (a window of 2-3 blocks) and to position 0,
+    the global conditioning token, which every query keeps seeing.  Short sequences
+    (up to 4 blocks) gain nothing from this and get full attention.
+    """
+    b, h, n, d = q.shape
+    if n <= 4 * block:
+        return F.scaled_dot_product_attention(q, k, v)
+    nb = -(-n // block)
+    pad = nb * block - n
+
+    def windows(x: torch.Tensor) -> torch.Tensor:  # (b, h, n, d) -> (b * nb, h, 1 + 3 * block, d)
+        blocks = F.pad(x, (0, 0, block, block + pad)).view(b, h, nb + 2, block, d)
+        around = torch.cat([blocks[:, :, :-2], blocks[:, :, 1:-1], blocks[:, :, 2:]], dim=3)
+        with_global = torch.cat([x[:, :, None, :1].expand(b, h, nb, 1, d), around], dim=3)
+        return with_global.transpose(1, 2).reshape(b * nb, h, 1 + 3 * block, d)
+
+    queries = F.pad(q, (0, 0, 0, pad)).view(b, h, nb, block, d).transpose(1, 2).reshape(b * nb, h, block, d)
+    # key j of block i's window is position (i - 1) * block + j; keep real positions >= 1 (0 is added apart)
+    pos = (torch.arange(nb, device=q.device)[:, None] - 1) * block + torch.arange(3 * block, device=q.device)[None]
+    valid = torch.cat([torch.ones(nb, 1, dtype=torch.bool, device=q.device), (pos >= 1) & (pos < n)], dim=1)
+    mask = valid[None].expand(b, nb, 1 + 3 * block).reshape(b * nb, 1, 1, 1 + 3 * block)
+    out = F.scaled_dot_product_attention(queries, windows(k), windows(v), attn_mask=mask)
+    return out.view(b, nb, h, block, d).transpose(1, 2).reshape(b, h, nb * block, d)[:, :, :n]
+
+
 class DiTBlock(nn.Module):
     """Pre-norm block: self-attention (rotary), cross-attention to text, SwiGLU feed-forward."""
 
-    def __init__(self, config: DiTConfig) -> None:
+    def __init__(self, config: DiTConfig, local_window: int = 0) -> None:
         super().__init__()
-        w, self.heads, self.chunk = config.width, config.heads, config.attn_chunk
+        w, self.heads, self.chunk, self.local_window = config.width, config.heads, config.attn_chunk, local_window
         self.norm1 = nn.LayerNorm(w)
         self.qkv = nn.Linear(w, 3 * w, bias=False)  # one fused projection
         self.out1 = nn.Linear(w, w, bias=False)
@@ -169,7 +209,11 @@ class DiTBlock(nn.Module):
         qkv = self.qkv(pre(self.norm1, 0)).view(b, n, 3, self.heads, -1)
         q, k = apply_rotary(qkv[:, :, :2], rope).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, Dh) each
         v = qkv[:, :, 2].transpose(1, 2)
-        x = x + gate(self.out1(self._merge_heads(attention(q, k, v, chunk=self.chunk))), 0)
+        if self.local_window:
+            mixed = block_local_attention(q, k, v, self.local_window)
+        else:
+            mixed = attention(q, k, v, chunk=self.chunk)
+        x = x + gate(self.out1(self._merge_heads(mixed)), 0)
 
         q = self._split_heads(self.q2(pre(self.norm2, 1)))
         k, v = self._split_heads(self.kv2(text_kv)).chunk(2, dim=-1)
@@ -199,7 +243,9 @@ class DiT(nn.Module):
         self.total_embed = FourierFeatures(config.fourier_dim, w, scale=1.0)
         self.text_proj = nn.Sequential(nn.Linear(config.text_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.null_text = nn.Parameter(torch.randn(1, 1, w) * 0.02)  # always-visible key for dropped text
-        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            DiTBlock(config, 0 if config.is_global(i) else config.local_window) for i in range(config.depth)
+        )
         self.norm_out = nn.LayerNorm(w)
         self.proj_out = nn.Linear(w, d)
         nn.init.zeros_(self.proj_out.weight)  # the untrained net outputs 0: a calm start for every objective
