@@ -36,9 +36,9 @@ class ClapConfig:
     sample_rate: int = 24000
     n_mels: int = 64
     n_fft: int = 1024
-    hop: int = 640  # 37.5 frames per second at 24 kHz
-    window_seconds: float = 5.0  # the audio tower's input length
-    channels: tuple[int, ...] = (128, 192, 256, 256)  # conv widths; each stage halves time
+    hop: int = 800  # 30 frames per second at 24 kHz
+    window_seconds: float = 4.0  # the audio tower's input length
+    channels: tuple[int, ...] = (64, 96, 128, 128)  # conv widths; each stage halves time
     temporal_layers: int = 1
     heads: int = 4
     embed_dim: int = 256

@@ -63,8 +63,8 @@ def _small() -> RunConfig:
     return RunConfig(
         model=ClapConfig(),
         data=ClapDataConfig(windows=2, valid_items=256),
-        train=TrainConfig(steps=1200, batch_size=32, lr=5e-4, warmup_steps=100, weight_decay=0.05, ema_decay=0.995,
-                          log_every=10, valid_every=250, checkpoint_every=250, checkpoint_minutes=5.0,
+        train=TrainConfig(steps=1000, batch_size=32, lr=1e-3, warmup_steps=50, weight_decay=0.05, ema_decay=0.995,
+                          log_every=10, valid_every=200, checkpoint_every=200, checkpoint_minutes=5.0,
                           out_dir="runs/clap-small"),
     )
 
