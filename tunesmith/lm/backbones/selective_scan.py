@@ -119,9 +119,10 @@ def selective_scan_chunked(
 
     state = u.new_zeros(b, d, N) if initial_state is None else initial_state
     entering = []
-    for k in range(c):  # 2.
+    chunk_decays = cum_log_a[:, :, -1].exp().unbind(dim=1)  # unbound once: a linear-time backward
+    for decay, end_state in zip(chunk_decays, h_local[:, :, -1].unbind(dim=1)):  # 2.
         entering.append(state)
-        state = state * cum_log_a[:, k, -1].exp() + h_local[:, k, -1]
+        state = state * decay + end_state
     h = h_local + cum_log_a.exp() * torch.stack(entering, dim=1)[:, :, None]  # 3.
 
     y = torch.einsum("bcqdn,bcqn->bcqd", h, C.reshape(b, c, Q, N))

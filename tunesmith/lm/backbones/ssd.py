@@ -169,9 +169,12 @@ def pass_states(states: Tensor, chunk_log_decay: Tensor, initial_state: Tensor) 
     """
     entering = []
     h = initial_state
-    for c in range(states.shape[3]):
+    # unbind once (not states[:, :, :, c] in the loop: the backward of each indexing
+    # would write a full-size zero tensor, making the backward quadratic in T/Q)
+    decays = chunk_log_decay.exp()[..., None, None].unbind(dim=3)
+    for decay, state in zip(decays, states.unbind(dim=3)):
         entering.append(h)
-        h = h * chunk_log_decay[..., c, None, None].exp() + states[:, :, :, c]
+        h = h * decay + state
     return torch.stack(entering, dim=3), h
 
 
