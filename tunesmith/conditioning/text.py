@@ -158,9 +158,16 @@ class MiniLMTextEncoder(HFTextEncoder):
     def _load(self):
         _offline()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-        tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a 90 MB local load needs no progress bar
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         return tokenizer, model
 
 
