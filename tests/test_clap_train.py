@@ -43,6 +43,14 @@ def test_train_clap_cli_learns_instrument_families(probe_manifest, tmp_path):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in log) == 22
 
+    # A run's latest checkpoint exports to the same model the CLI wrote at the end.
+    from tunesmith.clap.report import export_latest
+
+    exported, step = export_latest(run, tmp_path / "from-checkpoint")
+    assert step == 22
+    wav = torch.randn(1, 1, 24000) * 0.1
+    torch.testing.assert_close(load_clap(exported).embed_audio(wav, 24000), load_clap(model_dir).embed_audio(wav, 24000))
+
 
 def test_clap_task_rejects_a_missing_manifest(tmp_path):
     config = apply_overrides(preset("run/clap", "tiny"), [f"data.manifest={tmp_path / 'nope.jsonl'}"])
