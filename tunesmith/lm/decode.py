@@ -151,9 +151,11 @@ def generate_tokens(
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     guidance = None if cfg_scale == 1.0 else cfg_scale  # scale 1 is the conditional model: skip the extra rows
     sampling = dict(cfg_scale=guidance, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    windows = [min(window, num_frames)]  # frames per window, to size the progress bar
-    while sum(windows) - keep * (len(windows) - 1) < num_frames:
-        windows.append(min(window, keep + num_frames - (sum(windows) - keep * (len(windows) - 1))))
+    windows = [min(window, num_frames)]  # frames per window; each later one re-decodes `keep` frames
+    covered = windows[0]
+    while covered < num_frames:
+        windows.append(min(window, keep + num_frames - covered))
+        covered += windows[-1] - keep
     total_steps = sum(num_steps(c.pattern, c.num_codebooks, w) for w in windows)
     bar = tqdm(total=total_steps, desc="decode", disable=not progress, leave=False)
     try:
