@@ -205,10 +205,4 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
 
 def _import_model_modules() -> None:
     """Import the packages that register model types, so any saved type can load."""
-    import importlib
-
-    for mod in ("tunesmith.models_registry",):
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
+    import tunesmith.models_registry  # noqa: F401
