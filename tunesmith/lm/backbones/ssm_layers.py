@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -193,14 +193,6 @@ class CrossAttention(nn.Module):
         return x + out
 
 
-class Mixer(Protocol):
-    def __call__(self, x: Tensor) -> Tensor: ...
-
-    def allocate_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> MixerState: ...
-
-    def step(self, x: Tensor, state: MixerState) -> Tensor: ...
-
-
 class ResidualBlock(nn.Module):
     """x + mixer(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
 
@@ -239,7 +231,7 @@ class SSMBackbone(Backbone):
         dim: int,
         n_layers: int,
         mlp_hidden: int,
-        make_mixer: Any,
+        make_mixer: Callable[[], nn.Module],
         cross_attention: bool = False,
         cross_attention_every: int = 4,
         cross_heads: int = 0,
@@ -253,7 +245,7 @@ class SSMBackbone(Backbone):
             for i in range(n_layers):
                 if (i + 1) % cross_attention_every == 0:
                     self.cross[str(i)] = CrossAttention(dim, heads)
-        self.has_cross_attention = cross_attention
+        self.supports_cross_attention = cross_attention  # this instance: built with cross layers or not
         self.norm_out = nn.RMSNorm(dim)
         self._scale_residual_outputs(n_layers)
 
@@ -269,8 +261,6 @@ class SSMBackbone(Backbone):
     def _check(self, x: Tensor, cross: Tensor | None, cross_mask: Tensor | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"expected x of shape (B, T, {self.dim}), got {tuple(x.shape)}")
-        if cross is not None and not self.has_cross_attention:
-            raise ValueError(f"{type(self).__name__} was built without cross-attention; condition it by prefix")
         self.check_cross(cross, cross_mask, x)
 
     def forward(  # type: ignore[override]
@@ -304,6 +294,3 @@ class SSMBackbone(Backbone):
                 x = layer(x, state.cross_kv[i], cross_mask)
         return self.norm_out(x)
 
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
