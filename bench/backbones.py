@@ -52,6 +52,19 @@ FRAME_RATE = 50
 CONTEXTS_S = (10, 30, 120)
 DECODE_POSITIONS = (100, 500, 1000, 2000, 3000, 4000, 5000, 6000)
 SSM_BASE = {"d_state": 64, "head_dim": 64}
+#: "cpu": process CPU time (robust when other jobs share the cores; the default here),
+#: "wall": elapsed time (right on an otherwise idle machine).  Both are always recorded.
+CLOCK = "cpu"
+
+
+def clocks() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: tuple[float, float]) -> dict[str, float]:
+    wall, cpu = clocks()
+    return {"wall": wall - start[0], "cpu": cpu - start[1]}
 
 # ---------------------------------------------------------------------------
 # models
@@ -121,17 +134,18 @@ def measure_training_point(config: dict[str, Any], frames: int, repeats: int) ->
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, model.config.codebook_size, (1, model.config.num_codebooks, frames))
     before = reset_peak_rss()
-    times = []
+    times: list[dict[str, float]] = []
     for i in range(repeats + 1):  # the first is a warm-up
-        start = time.perf_counter()
+        start = clocks()
         opt.zero_grad(set_to_none=True)
         lm_loss(model, tokens).backward()
         opt.step()
         if i:
-            times.append(time.perf_counter() - start)
-    seconds = float(np.median(times))
-    return {"tokens_per_s": frames * model.config.num_codebooks / seconds, "step_s": seconds,
-            "peak_mem_mb": peak_rss_mb() - before}
+            times.append(elapsed(start))
+    tokens = frames * model.config.num_codebooks
+    wall, cpu = (float(np.median([t[k] for t in times])) for k in ("wall", "cpu"))
+    return {"tokens_per_s": tokens / (cpu if CLOCK == "cpu" else wall), "tokens_per_wall_s": tokens / wall,
+            "tokens_per_cpu_s": tokens / cpu, "peak_mem_mb": peak_rss_mb() - before}
 
 
 def throughput(configs: dict[str, LMConfig], repeats: int) -> list[dict[str, Any]]:
@@ -139,7 +153,7 @@ def throughput(configs: dict[str, LMConfig], repeats: int) -> list[dict[str, Any
     for seconds in CONTEXTS_S:
         for name, config in configs.items():
             frames = seconds * FRAME_RATE
-            job = json.dumps({"config": _config_dict(config), "frames": frames, "repeats": repeats})
+            job = json.dumps({"config": _config_dict(config), "frames": frames, "repeats": repeats, "clock": CLOCK})
             out = subprocess.run([sys.executable, __file__, "--_point", job], capture_output=True, text=True, check=True)
             row = {"backbone": name, "context_s": seconds, "frames": frames, **json.loads(out.stdout.strip().splitlines()[-1])}
             print(f"  throughput {name:11s} {seconds:4d} s: {row['tokens_per_s']:8.0f} tok/s, "
@@ -160,7 +174,7 @@ def _config_dict(config: LMConfig) -> dict[str, Any]:
 
 @torch.inference_mode()
 def decode_latency(model: TokenLM, positions: tuple[int, ...], window: int) -> dict[int, float]:
-    """Median milliseconds of one backbone step (batch 1) around each position.
+    """Median milliseconds (of ``CLOCK``) of one decoding step (batch 1) around each position.
 
     The whole path of a decoding step that depends on the backbone: embed one step,
     ``backbone.step`` on one position, the K heads.
@@ -177,10 +191,10 @@ def decode_latency(model: TokenLM, positions: tuple[int, ...], window: int) -> d
     for pos in range(last):
         if pos in wanted:
             current, times = wanted[pos], []
-        start = time.perf_counter()
+        start = clocks()
         model.logits(model.backbone.step(model.embed_steps(ids), state))
         if current is not None:
-            times.append(time.perf_counter() - start)
+            times.append(elapsed(start)[CLOCK])
             if len(times) == window:
                 out[current] = 1e3 * float(np.median(times))
                 current = None
@@ -218,18 +232,20 @@ def train_curve(config: LMConfig, data: TokenData, steps: int, batch: int, frame
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     warmup = max(1, steps // 10)
     schedule = lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))  # noqa: E731
-    curve: dict[str, list[float]] = {"step": [], "val_loss": [], "train_seconds": [], "train_loss": []}
-    elapsed = 0.0
+    curve: dict[str, list[float]] = {"step": [], "val_loss": [], "train_seconds": [], "train_wall_seconds": [],
+                                     "train_loss": []}
+    spent = {"wall": 0.0, "cpu": 0.0}
     for step in range(steps + 1):
         if step % every == 0 or step == steps:
             curve["step"].append(step)
             curve["val_loss"].append(validate(model, valid))
-            curve["train_seconds"].append(elapsed)
+            curve["train_seconds"].append(spent[CLOCK])
+            curve["train_wall_seconds"].append(spent["wall"])
         if step == steps:
             break
         x = data.windows(data.train, batch, frames, np.random.default_rng([seed, step]))
         model.train()
-        start = time.perf_counter()
+        start = clocks()
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step)
         opt.zero_grad(set_to_none=True)
@@ -237,7 +253,8 @@ def train_curve(config: LMConfig, data: TokenData, steps: int, batch: int, frame
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        elapsed += time.perf_counter() - start
+        for k, v in elapsed(start).items():
+            spent[k] += v
         curve["train_loss"].append(float(loss.detach()))
     return curve
 
@@ -373,7 +390,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[str]:
         rows = [r for r in result["throughput"] if r["backbone"] == name]
         a.plot([r["context_s"] for r in rows], [r["tokens_per_s"] for r in rows], "o-", color=colors[name], label=name)
         b.plot([r["context_s"] for r in rows], [r["peak_mem_mb"] for r in rows], "o-", color=colors[name], label=name)
-    a.set(xlabel="context (s of 50 Hz frames)", ylabel="training tokens / s", xscale="log", title="training throughput")
+    a.set(xlabel="context (s of 50 Hz frames)", ylabel=f"training tokens / {CLOCK} s", xscale="log", title="training throughput")
     b.set(xlabel="context (s of 50 Hz frames)", ylabel="peak memory (MB)", xscale="log", title="training peak memory")
     a.legend()
     fig.tight_layout()
@@ -385,7 +402,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[str]:
     for name in colors:
         lat = result["decode_ms"][name]
         ax.plot([int(p) for p in lat], list(lat.values()), "o-", color=colors[name], label=name)
-    ax.set(xlabel="decoding position (step)", ylabel="ms per step (batch 1)", title="decoding latency", ylim=(0, None))
+    ax.set(xlabel="decoding position (step)", ylabel=f"{CLOCK} ms per step (batch 1)", title="decoding latency", ylim=(0, None))
     ax.legend()
     fig.tight_layout()
     paths.append(str(out_dir / "ssm_decode.png"))
@@ -401,7 +418,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[str]:
                 axes[row, 0].plot(curve["step"], curve["val_loss"], style, color=colors[name], label=f"{name} seed {seed}")
                 axes[row, 1].plot(curve["train_seconds"], curve["val_loss"], style, color=colors[name], label=f"{name} seed {seed}")
         axes[row, 0].set(xlabel="optimizer steps", ylabel="validation loss", title=f"{pair} pair: loss vs steps")
-        axes[row, 1].set(xlabel="training wall-clock (s)", ylabel="validation loss", title=f"{pair} pair: loss vs time")
+        axes[row, 1].set(xlabel=f"training time ({CLOCK} s)", ylabel="validation loss", title=f"{pair} pair: loss vs time")
         axes[row, 0].legend(fontsize=7)
     fig.tight_layout()
     paths.append(str(out_dir / "ssm_training.png"))
@@ -425,12 +442,17 @@ def main() -> None:
     p.add_argument("--plots", default="docs", help="directory for the PNG plots ('' for none)")
     p.add_argument("--parts", default="throughput,decode,train")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="time base of the ratios: process CPU time (default; robust on a shared machine) or wall-clock")
     p.add_argument("--_point", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = args.clock
     if args._point:  # a child process measuring one throughput point
         job = json.loads(args._point)
+        CLOCK = job["clock"]
         print(json.dumps(measure_training_point(job["config"], job["frames"], job["repeats"])))
         return
 
@@ -443,7 +465,7 @@ def main() -> None:
     batch, segment = (8, 150) if quick else (16, 300)
     seeds = (0,) if quick else (0, 1)
     every = 20 if quick else 100
-    result: dict[str, Any] = {"quick": quick, "threads": torch.get_num_threads(), "load_avg_at_start": os.getloadavg()}
+    result: dict[str, Any] = {"quick": quick, "clock": CLOCK, "threads": torch.get_num_threads(), "load_avg_at_start": os.getloadavg()}
 
     data = get_data(args) if "train" in parts else None
     codebook = data.codebook_size if data else args.standin_codebook
