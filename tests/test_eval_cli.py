@@ -100,6 +100,8 @@ def test_benchmark_eval_and_report(setup, capsys):
     assert "fad_clap" in results and "kl_family_tags" in results
     assert all(-1.0 <= r["clap_score"] <= 1.0 for r in results["items"])
     assert results["memorization"]["train_clips_compared"] == 4
+    ceiling = results["reference_ceiling"]
+    assert ceiling["clips"] == 6 and ceiling["tempo_acc2_4pct_octave"]["count"] == 6
     assert all(len(list((out / "img").glob("*.png"))) == 6 for _ in [0])
     assert (out / "tempo.png").is_file()
     page = (out / "index.html").read_text()

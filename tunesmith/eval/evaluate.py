@@ -191,6 +191,10 @@ def evaluate(generator, specs: list[PromptSpec], out_dir: Path, options: EvalOpt
 
     if clap is not None:
         results.update(_clap_metrics(clap, items, specs, rows, paired, references, options))
+    if paired:
+        ceiling = _reference_ceiling(specs, paired, references, rows, options)
+        ceiling["instrument_family_accuracy"] = results.pop("reference_family_accuracy", {"rate": None, "count": 0})
+        results["reference_ceiling"] = ceiling
 
     if options.train_manifest is not None:
         results["memorization"] = _memorization(items, rows, clap, options)
@@ -227,10 +231,32 @@ def _clap_metrics(clap, items, specs, rows, paired, references, options: EvalOpt
                 rows[g]["reference_clap_score"] = float(rs)
             ref_tags = chils(clap, ref_emb[list(ri)], hierarchy)
             out["kl_family_tags"] = M.paired_kl(ref_tags.parent_probs, tags.parent_probs[list(gi)])
+            judged = [(specs[g].families, fam) for (g, _), fam in zip(pairs, ref_tags.parents) if specs[g].families]
+            if judged:
+                out["reference_family_accuracy"] = {"rate": sum(f in t for t, f in judged) / len(judged), "count": len(judged)}
             out["clap_score_references"] = float(np.mean(ref_scores))
             out["clap_score_generated_on_paired"] = float(np.mean(scores[list(gi)]))
     out["clap_model"] = str(getattr(clap, "source", "")) or "clap"
     return out
+
+
+def _reference_ceiling(specs, paired, references, rows, options: EvalOptions) -> dict[str, Any]:
+    """The adherence metrics measured on the real reference clips against the same targets:
+    what a perfect generator would score given the estimators' own errors."""
+    ref_rows = []
+    for spec in specs:
+        if spec.id not in paired:
+            continue
+        audio = references[str(paired[spec.id])]
+        ref_rows.append(signal_metrics({"wav": audio.samples, "sample_rate": audio.sample_rate}, spec))
+    return {
+        "clips": len(ref_rows),
+        "tempo_within_10pct": _rate(ref_rows, "tempo_within_10pct"),
+        "tempo_acc2_4pct_octave": _rate(ref_rows, "tempo_acc2"),
+        "key_accuracy": _rate(ref_rows, "key_correct"),
+        "mode_accuracy": _rate(ref_rows, "mode_correct"),
+        "instrument_family_accuracy": {"rate": None, "count": 0},
+    }
 
 
 def _memorization(items, rows, clap, options: EvalOptions) -> dict[str, Any]:
