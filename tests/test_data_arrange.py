@@ -132,3 +132,15 @@ def test_accompaniment_follows_the_melody_after_transposition():
                 assert pcs <= allowed, (seed, a.style, t.role, bar, pcs, allowed)
                 checked += bool(pcs)
     assert checked > 20
+
+
+def test_key_finding_on_exact_notes():
+    from tunesmith.data.keys import estimate_key, pitch_class_weights
+
+    scale = [(i, i + 1, p) for i, p in enumerate([62, 64, 66, 67, 69, 71, 73, 74, 69, 66, 62])]
+    assert estimate_key(pitch_class_weights(scale)) == (2, "major")
+    minor = [(i, i + 1, p) for i, p in enumerate([57, 60, 64, 69, 71, 72, 68, 69, 64, 57])]
+    assert estimate_key(pitch_class_weights(minor)) == (9, "minor")
+    assert estimate_key(np.zeros(12), prior=(5, "major")) == (5, "major")
+    with pytest.raises(ValueError, match="no pitched notes"):
+        estimate_key(np.zeros(12))

@@ -139,8 +139,10 @@ def test_tempo_and_key_tags_match_the_midi(built):
         mido_minor = ["Cm", "C#m", "Dm", "Ebm", "Em", "Fm", "F#m", "Gm", "G#m", "Am", "Bbm", "Bm"]
         assert key == (mido_major if tags["mode"] == "major" else mido_minor)[tonic]
         agree += _estimated_key(hist) == (tonic, tags["mode"])
-    # the notes themselves are in the tagged key (after transposition) for most clips
-    assert agree >= 0.6 * len(records), (agree, len(records))
+        work_tonic, work_mode = r["tags"]["work_key"].split(" ")
+        assert work_mode in ("major", "minor") and work_tonic in NAMES
+    # the clip's notes are in the tagged key (the work's key only breaks near-ties)
+    assert agree >= 0.8 * len(records), (agree, len(records))
 
 
 def _estimated_key(hist):
@@ -173,6 +175,7 @@ def test_long_clips_have_time_aware_segments(built):
         assert segs[0]["text"].startswith("0:00-") and segs[0]["text"] in r["caption"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_resume(built, scores, tmp_path):
     out, _, _ = built
     other = tmp_path / "again"

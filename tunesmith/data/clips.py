@@ -15,7 +15,7 @@ import numpy as np
 
 from tunesmith.data.arrange import Arrangement
 from tunesmith.data.captions import key_label, segment_texts
-from tunesmith.data.midi import sounding_tracks
+from tunesmith.data.midi import sounding_tracks, window_key
 from tunesmith.data.styles import DYNAMICS, STYLES
 
 MIN_SEGMENT_SECONDS = 3.0  # shorter stretches are folded into their neighbour
@@ -93,8 +93,9 @@ def clip_tags(arr: Arrangement, clip: ClipWindow, work: dict[str, Any], rng: np.
         "tempo_bpm": arr.tempo_bpm,
         "beat": BEAT_NAMES.get(arr.beat_ql, f"{arr.beat_ql} quarters"),
         "quarter_bpm": round(arr.quarter_bpm, 3),
-        "key": key_label(arr.tonic_pc, arr.mode),
-        "mode": arr.mode,
+        "key": key_label(*clip_key(arr, clip)),
+        "mode": clip_key(arr, clip)[1],
+        "work_key": f"{key_label(arr.tonic_pc, arr.mode)} {arr.mode}",
         "meter": meters.pop() if len(meters) == 1 else "mixed",
         "style": arr.style,
         "ensemble": arr.ensemble,
@@ -115,6 +116,11 @@ def clip_tags(arr: Arrangement, clip: ClipWindow, work: dict[str, Any], rng: np.
     }
     tags["segments"] = segments(arr, clip, rng) if clip.duration > 20.0 else []
     return tags
+
+
+def clip_key(arr: Arrangement, clip: ClipWindow) -> tuple[int, str]:
+    """The key the clip's own pitched notes imply (the work's transposed key breaks near-ties)."""
+    return window_key(arr, clip.start_tick, clip.end_tick)
 
 
 def segments(arr: Arrangement, clip: ClipWindow, rng: np.random.Generator) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import mido
 
 from tunesmith.data.arrange import PPQ, Arrangement
+from tunesmith.data.keys import estimate_key, pitch_class_weights
 
 # mido key names by (tonic pitch class, mode)
 _MAJOR_KEYS = ["C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
@@ -50,6 +51,13 @@ def sounding_tracks(arr: Arrangement, start: int, end: int) -> list[int]:
     return [i for i, t in enumerate(arr.tracks) if any(a < end and b > start for a, b, _, _ in t.notes)]
 
 
+def window_key(arr: Arrangement, start: int, end: int) -> tuple[int, str]:
+    """(tonic pitch class, mode) implied by the pitched notes sounding in [start, end)."""
+    notes = [(max(a, start), min(b, end), p) for t in arr.tracks if t.role != "drums"
+             for a, b, p, _ in t.notes if a < end and b > start]
+    return estimate_key(pitch_class_weights(notes), prior=(arr.tonic_pc, arr.mode))
+
+
 def key_name(tonic_pc: int, mode: str) -> str:
     """The MIDI key signature name, e.g. 'Bb' or 'F#m'."""
     return (_MAJOR_KEYS if mode == "major" else _MINOR_KEYS)[tonic_pc % 12]
@@ -63,7 +71,7 @@ def clip_midi(arr: Arrangement, start: int, end: int) -> mido.MidiFile:
     conductor = mido.MidiTrack([
         mido.MetaMessage("set_tempo", tempo=arr.us_per_quarter, time=0),
         mido.MetaMessage("time_signature", numerator=num, denominator=den, time=0),
-        mido.MetaMessage("key_signature", key=key_name(arr.tonic_pc, arr.mode), time=0),
+        mido.MetaMessage("key_signature", key=key_name(*window_key(arr, start, end)), time=0),
         mido.MetaMessage("end_of_track", time=end - start),
     ])
     mid.tracks.append(conductor)
