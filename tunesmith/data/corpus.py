@@ -10,6 +10,7 @@ marks a complete build.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -17,7 +18,7 @@ import re
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from tunesmith.audio import normalize_loudness, rms_db, save_audio
 from tunesmith.checkpoint import atomic_write_text
 from tunesmith.data.arrange import arrange
 from tunesmith.data.captions import caption
+from tunesmith.data.card import write_card
 from tunesmith.data.clips import clip_tags, plan_clips
 from tunesmith.data.manifest import write_manifest
 from tunesmith.data.midi import clip_midi
@@ -35,6 +37,7 @@ from tunesmith.data.score import Piece, ScoreError, parse_work
 from tunesmith.data.soundfont import find_soundfont
 from tunesmith.data.sources import COLLECTION_LABELS, WorkRef, folder_works, music21_works, read_metadata
 
+MAX_RENDERS_PER_WORK = 50  # a build stops after this many passes over the sources
 SPLIT_FRACTIONS = (("train", 0.9), ("valid", 0.05), ("test", 0.05))
 TARGET_DB = -20.0
 
@@ -225,11 +228,31 @@ def _run_unit(job: tuple[WorkRef, int]) -> dict[str, Any]:
 # the driver
 
 
+def ordered_results(units: Iterable[tuple[WorkRef, int]], options: BuildOptions, soundfont: str) -> Iterator[dict[str, Any]]:
+    """Unit results in plan order; a pool of ``options.workers`` processes works a few units ahead.
+
+    Stopping the iteration (closing the generator) terminates the pool.
+    """
+    if options.workers == 1:
+        _init_worker(options, soundfont)
+        for job in units:
+            yield _run_unit(job)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(options.workers, initializer=_init_worker, initargs=(options, soundfont)) as pool:
+        in_flight: deque = deque()
+        for job in units:
+            in_flight.append(pool.apply_async(_run_unit, (job,)))
+            if len(in_flight) >= 2 * options.workers:
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
+
+
 def build_corpus(options: BuildOptions, progress: bool = True) -> dict[str, Any]:
-    """Build (or resume) a corpus of ``options.hours`` hours; returns the summary written to build.json."""
+    """Build (or resume) a corpus of ``options.hours`` hours; returns the card's summary."""
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "units").mkdir(exist_ok=True)
+    (out / "units").mkdir(parents=True, exist_ok=True)
     soundfont = str(find_soundfont(options.soundfont))
     (out / "READY").unlink(missing_ok=True)
     works = list_works(options)
@@ -237,45 +260,26 @@ def build_corpus(options: BuildOptions, progress: bool = True) -> dict[str, Any]
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     total = 0.0
-    units = plan_units(works, options.seed)
-    bar = tqdm(total=round(target), unit="s", desc="corpus", disable=not progress, smoothing=0.05)
-    ctx = mp.get_context("fork" if hasattr(mp, "get_context") else None)
-    in_flight: deque = deque()
-    pool = ctx.Pool(options.workers, initializer=_init_worker, initargs=(options, soundfont)) if options.workers > 1 else None
-    if pool is None:
-        _init_worker(options, soundfont)
-    max_units = 50 * len(works)
-    submitted = 0
-    try:
-        while total < target:
-            while len(in_flight) < 2 * options.workers and submitted < max_units:
-                job = next(units)
-                in_flight.append(pool.apply_async(_run_unit, (job,)) if pool else job)
-                submitted += 1
-            if not in_flight:
-                break
-            head = in_flight.popleft()
-            result = head.get() if pool else _run_unit(head)
-            if result.get("skipped"):
-                skipped.append({"work": result["work"], "render": result["render"], "reason": result["skipped"]})
-                bar.write(f"skipped {result['work']} (render {result['render']}): {result['skipped']}")
-            for record in result.get("records", []):
+    units = itertools.islice(plan_units(works, options.seed), MAX_RENDERS_PER_WORK * len(works))
+    results = ordered_results(units, options, soundfont)
+    with tqdm(total=round(target), unit="s", desc="corpus", disable=not progress, smoothing=0.05) as bar:
+        try:
+            for result in results:
+                if result.get("skipped"):
+                    skipped.append({"work": result["work"], "render": result["render"], "reason": result["skipped"]})
+                    bar.write(f"skipped {result['work']} (render {result['render']}): {result['skipped']}")
+                for record in result.get("records", []):
+                    if total >= target:
+                        break
+                    records.append(record)
+                    total += record["duration"]
+                    bar.update(round(total) - bar.n)
                 if total >= target:
                     break
-                records.append(record)
-                total += record["duration"]
-                bar.update(round(total) - bar.n)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        bar.close()
+        finally:
+            results.close()
     write_manifest(out / "manifest.jsonl", records)
-    with (out / "skipped.jsonl").open("w", encoding="utf-8") as f:
-        for s in skipped:
-            f.write(json.dumps(s, sort_keys=True) + "\n")
-    from tunesmith.data.card import write_card
-
+    atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(s, sort_keys=True) + "\n" for s in skipped))
     summary = write_card(out, records, skipped, asdict(options) | {"soundfont": soundfont})
     (out / "READY").write_text("complete\n")
     return summary
