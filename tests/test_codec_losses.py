@@ -61,3 +61,16 @@ def test_discriminator_outputs(wav):
     assert len(outs) == 3
     for logits, features in outs:
         assert logits.shape[0] == 2 and len(features) >= 3 and torch.isfinite(logits).all()
+
+
+def test_chroma_similarity_sees_pitch(wav):
+    import math
+
+    from tunesmith.codec.evaluate import chroma_similarity
+
+    t = torch.arange(48000) / 24000
+    a = torch.sin(2 * math.pi * 440 * t)[None, None]
+    b = torch.sin(2 * math.pi * 440 * 2 ** (3 / 12) * t)[None, None]  # a minor third up
+    assert chroma_similarity(a, a, 24000) == pytest.approx(1.0, abs=1e-5)
+    assert chroma_similarity(b, a, 24000) < 0.3
+    assert chroma_similarity(0.5 * a, a, 24000) == pytest.approx(1.0, abs=1e-5)  # level does not matter

@@ -57,7 +57,11 @@ def folder_clips(folder: str | Path, sample_rate: int, channels: int, max_clips:
 
 
 def reconstruction_metrics(recon: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> dict[str, float]:
-    """Mel distance, multi-resolution STFT distance and SI-SDR of one (C, T) reconstruction."""
+    """Mel distance, multi-resolution STFT distance, SI-SDR and chroma similarity of one (C, T) reconstruction.
+
+    Chroma similarity (mean cosine of 12-bin chroma frames where the reference is not
+    silent) checks that the pitches survive, which spectral-envelope distances barely see.
+    """
     recon, ref = recon[None].float(), ref[None].float()
     n = min(recon.shape[-1], ref.shape[-1])
     recon, ref = recon[..., :n], ref[..., :n]
@@ -65,7 +69,21 @@ def reconstruction_metrics(recon: torch.Tensor, ref: torch.Tensor, sample_rate: 
         "mel_distance": float(mel_distance(recon, ref, sample_rate)),
         "stft_distance": float(stft_distance(recon, ref)),
         "si_sdr": float(si_sdr(recon, ref).mean()),
+        "chroma_similarity": chroma_similarity(recon, ref, sample_rate),
     }
+
+
+def chroma_similarity(recon: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> float:
+    """Mean cosine similarity of raw chroma energy frames, over frames where the reference has energy."""
+    from tunesmith.features import _chroma_basis, stft_magnitude
+
+    basis = _chroma_basis(sample_rate, 4096)
+    a = torch.matmul(basis, stft_magnitude(recon.flatten(0, -2), 4096, 1024, power=2.0))
+    b = torch.matmul(basis, stft_magnitude(ref.flatten(0, -2), 4096, 1024, power=2.0))
+    energy = b.sum(dim=-2)
+    keep = energy > 1e-4 * energy.max().clamp_min(1e-12)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-2)
+    return float(cos[keep].mean()) if keep.any() else float("nan")
 
 
 def summarize(rows: list[dict[str, float]], seconds: float, compute_seconds: float) -> dict[str, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ class NetConfig:
     strides: tuple[int, ...] = (2,)
     encoder_depths: tuple[int, ...] = (2, 4)
     decoder_depths: tuple[int, ...] = (4, 2)  # first stage at the latent rate
+    phase: Literal["integrated", "direct"] = "integrated"  # see modules.Decoder
 
     def __post_init__(self) -> None:
         if self.sample_rate < 8000 or self.channels < 1:
@@ -146,16 +147,34 @@ class _FrameCodec(nn.Module):
             pieces.append(out[..., start - lo : end - lo])
         return torch.cat(pieces, dim=-1)
 
-    def _decode_chunked(self, frames_in: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor],
+    def _decode_chunked(self, frames_in: torch.Tensor, to_latents: Callable[[torch.Tensor], torch.Tensor],
                         chunk_seconds: float) -> torch.Tensor:
+        """Decode overlapping chunks; the integrated phase is carried from chunk to chunk.
+
+        The phase at STFT frame s is the running sum of the frequencies of all frames
+        up to s.  A chunk starting at ``lo`` (context) and kept from ``start`` is
+        synthesized from the sum before ``lo``: the sum before ``start`` carried from the
+        previous chunk, minus what this chunk's context frames add.
+        """
         spf, ctx = self.samples_per_frame, self.context_frames
+        rate = spf // self.config.hop  # STFT frames per latent frame
         frames = frames_in.shape[-1]
         chunk = max(1, int(chunk_seconds * self.frame_rate))
+        decoder = self.decoder  # type: ignore[attr-defined]
+        carried = None  # accumulated phase before STFT frame start * rate, float64 (B*C, bins)
         pieces = []
         for start in range(0, frames, chunk):
             end = min(frames, start + chunk)
             lo, hi = max(0, start - ctx), min(frames, end + ctx)
-            out = decode(frames_in[..., lo:hi])
+            params = decoder.frame_params(to_latents(frames_in[..., lo:hi]))
+            begin = None
+            if decoder.phase == "integrated":
+                local = decoder.accumulated_phase(params)  # running sum from this chunk's first frame
+                begin = torch.zeros_like(local[..., 0]) if carried is None else carried
+                if start > lo:
+                    begin = begin - local[..., (start - lo) * rate - 1]
+                carried = begin + local[..., (end - lo) * rate - 1]
+            out, _ = decoder.synthesize(params, begin)
             pieces.append(out[..., (start - lo) * spf : (end - lo) * spf])
         return torch.cat(pieces, dim=-1)
 
@@ -173,7 +192,7 @@ class RVQCodec(_FrameCodec):
         self.quantizer = ResidualVQ(c.latent_dim, c.num_codebooks, c.codebook_size, c.codebook_dim,
                                     c.quantizer_dropout, c.restart_after)
         self.decoder = Decoder(c.channels, c.n_fft, c.hop, c.dim, c.decoder_depths, c.strides, c.latent_dim,
-                               c.mlp_ratio, c.kernel_size)
+                               c.mlp_ratio, c.kernel_size, c.phase)
 
     @property
     def num_codebooks(self) -> int:
@@ -210,7 +229,7 @@ class RVQCodec(_FrameCodec):
     @torch.inference_mode()
     def decode_long(self, tokens: torch.Tensor, chunk_seconds: float = 30.0) -> torch.Tensor:
         """:meth:`decode` for any length, in overlapping chunks."""
-        return self._decode_chunked(tokens, self.decode, chunk_seconds)
+        return self._decode_chunked(tokens, lambda t: self.quantizer.decode(t.long()), chunk_seconds)
 
 
 @register_model("codec-vae", VAEConfig)
@@ -224,7 +243,7 @@ class VAECodec(_FrameCodec):
         self.encoder = Encoder(c.channels, c.n_fft, c.hop, c.dim, c.encoder_depths, c.strides, 2 * c.latent_dim,
                                c.mlp_ratio, c.kernel_size)
         self.decoder = Decoder(c.channels, c.n_fft, c.hop, c.dim, c.decoder_depths, c.strides, c.latent_dim,
-                               c.mlp_ratio, c.kernel_size)
+                               c.mlp_ratio, c.kernel_size, c.phase)
 
     @property
     def latent_dim(self) -> int:
@@ -260,4 +279,4 @@ class VAECodec(_FrameCodec):
 
     @torch.inference_mode()
     def decode_long(self, latents: torch.Tensor, chunk_seconds: float = 30.0) -> torch.Tensor:
-        return self._decode_chunked(latents, self.decode, chunk_seconds)
+        return self._decode_chunked(latents, lambda z: z, chunk_seconds)

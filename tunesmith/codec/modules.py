@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tunesmith.codec.spectral import istft_same, stft_same
+from tunesmith.codec.spectral import integrated_phase, istft_same, stft_same
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, in_dim, F) latents -> (B, C, F * prod(strides) * hop) audio through an inverse STFT."""
+    """(B, in_dim, F) latents -> (B, C, F * prod(strides) * hop) audio through an inverse STFT.
+
+    ``phase="integrated"`` (default) predicts per bin a log-magnitude, a frequency
+    deviation from the bin centre (at most ``max_deviation`` bins) and a local angle,
+    and integrates the frequency into the phase (see :func:`integrated_phase`);
+    ``phase="direct"`` predicts the angle of each frame directly, as Vocos does.
+    """
 
     def __init__(
         self,
@@ -166,12 +172,18 @@ class Decoder(nn.Module):
         in_dim: int,
         mlp_ratio: float,
         kernel_size: int,
+        phase: str = "integrated",
+        max_deviation: float = 4.0,
     ) -> None:
         super().__init__()
         if len(depths) != len(strides) + 1:
             raise ValueError(f"decoder needs one more stage than strides: depths={depths}, strides={strides}")
+        if phase not in ("integrated", "direct"):
+            raise ValueError(f"phase must be 'integrated' or 'direct', got {phase!r}")
         self.channels, self.n_fft, self.hop = channels, n_fft, hop
+        self.phase, self.max_deviation = phase, max_deviation
         self.bins = n_fft // 2 + 1
+        self.outputs = 3 if phase == "integrated" else 2
         scale = _layer_scale(sum(depths))
         self.embed_weight = nn.Parameter(torch.randn(dim, 1, 1, kernel_size) / kernel_size**0.5)
         self.embed = nn.Linear(in_dim, dim)
@@ -179,9 +191,10 @@ class Decoder(nn.Module):
         self.stages = nn.ModuleList(Stage(dim, d, mlp_ratio, kernel_size, scale) for d in depths)
         self.upsamples = nn.ModuleList(Upsample(dim, s) for s in reversed(strides))
         self.out_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, channels * 2 * self.bins)
+        self.head = nn.Linear(dim, channels * self.outputs * self.bins)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def frame_params(self, z: torch.Tensor) -> torch.Tensor:
+        """The network part: latents -> (B * C, outputs, bins, STFT frames) spectral parameters."""
         x = self.embed(z.transpose(1, 2))
         x = self.embed_norm(x + depthwise_conv(x, self.embed_weight, None))
         for i, stage in enumerate(self.stages):
@@ -190,14 +203,30 @@ class Decoder(nn.Module):
             x = stage(x)
         h = self.head(self.out_norm(x)).float()  # the iSTFT runs in fp32 even under autocast
         b, frames, _ = h.shape
-        h = h.reshape(b, frames, self.channels, 2, self.bins).permute(0, 2, 3, 4, 1)
-        h = h.reshape(b * self.channels, 2, self.bins, frames)
-        # Magnitude as exp(log-magnitude), clipped against overflow; phase as an unbounded angle,
-        # wrapped by cos/sin, as Vocos does: no discontinuity at +-pi for the network to learn.
-        magnitude = torch.exp(h[:, 0].clamp(max=math.log(1e2)))
-        spec = torch.polar(magnitude, h[:, 1])
-        wav = istft_same(spec, self.n_fft, self.hop)
-        return wav.reshape(b, self.channels, wav.shape[-1])
+        h = h.reshape(b, frames, self.channels, self.outputs, self.bins).permute(0, 2, 3, 4, 1)
+        return h.reshape(b * self.channels, self.outputs, self.bins, frames)
+
+    def synthesize(self, params: torch.Tensor, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Spectral parameters -> (B, C, T) audio, and the accumulated phase per frame (integrated only)."""
+        # Magnitude as exp(log-magnitude), clipped against overflow; angles stay unbounded and
+        # are wrapped by cos/sin: no discontinuity at +-pi for the network to learn.
+        magnitude = torch.exp(params[:, 0].clamp(max=math.log(1e2)))
+        accumulated = None
+        if self.phase == "integrated":
+            deviation = self.max_deviation * torch.tanh(params[:, 1])
+            phase, accumulated = integrated_phase(deviation, params[:, 2], self.n_fft, self.hop, start)
+        else:
+            phase = params[:, 1]
+        wav = istft_same(torch.polar(magnitude, phase), self.n_fft, self.hop)
+        return wav.reshape(-1, self.channels, wav.shape[-1]), accumulated
+
+    def accumulated_phase(self, params: torch.Tensor) -> torch.Tensor:
+        """Running sum (float64) of the integrated phase advance over the frames of ``params``."""
+        deviation = self.max_deviation * torch.tanh(params[:, 1])
+        return integrated_phase(deviation, params[:, 2], self.n_fft, self.hop)[1]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesize(self.frame_params(z))[0]
 
 
 def receptive_field_frames(depths: tuple[int, ...], kernel_size: int, n_fft: int, hop: int) -> int:

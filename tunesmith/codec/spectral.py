@@ -51,3 +51,43 @@ def istft_same(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     )[0, 0, 0]
     pad = (n_fft - hop) // 2
     return signal[:, pad : length - pad] / envelope[pad : length - pad].clamp_min(1e-8)
+
+
+def bin_advance(n_fft: int, hop: int, device: torch.device | None = None) -> torch.Tensor:
+    """Phase advance per hop of each bin's centre frequency, 2 pi k hop / n_fft reduced mod 2 pi (float64)."""
+    k = torch.arange(n_fft // 2 + 1, device=device, dtype=torch.float64)
+    return 2 * torch.pi * torch.remainder(k * hop, n_fft) / n_fft
+
+
+def integrated_phase(
+    deviation: torch.Tensor,
+    local: torch.Tensor,
+    n_fft: int,
+    hop: int,
+    start: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """STFT phase from instantaneous frequency: (N, bins, F) deviations (in bins) and local angles.
+
+    A steady sinusoid at frequency f advances the phase of every bin near it by
+    2 pi f hop / sr per frame; a network that predicts each frame's phase directly
+    from local context cannot produce that ramp (its output repeats wherever its
+    input does, so a held note comes out as a comb at multiples of the frame rate).
+    Here the network predicts per frame and bin the frequency as a deviation from the
+    bin centre, and the phase is its running sum (plus a local angle for onsets) —
+    the phase-vocoder relation (Flanagan & Golden 1966; cf. GANSynth's instantaneous
+    frequency, Engel et al. 2019).  The sum runs in float64 so hours of audio do not drift.
+
+    ``start`` (N, bins) is the accumulated phase before the first frame (chunked
+    decoding carries it across chunks).  Returns the phase (N, bins, F) and the
+    accumulated phase including each frame (float64), for carrying.
+    """
+    omega = bin_advance(n_fft, hop, deviation.device)[:, None] + (2 * torch.pi * hop / n_fft) * deviation.double()
+    accumulated = torch.cumsum(omega, dim=-1)
+    if start is not None:
+        accumulated = accumulated + start[..., None]
+    # pi * k: the Hann window sits in the middle of each frame, which gives the bins of one
+    # partial a phase alternating by pi; adding it back lets ``local`` be smooth across bins.
+    k = torch.arange(deviation.shape[-2], device=deviation.device, dtype=torch.float64)
+    zero_phase = torch.remainder(torch.pi * k, 2 * torch.pi)[:, None]
+    phase = torch.remainder(accumulated + zero_phase, 2 * torch.pi).to(local.dtype) + local
+    return phase, accumulated
