@@ -106,6 +106,13 @@ def test_benchmark_eval_and_report(setup, capsys):
     assert (out / "tempo.png").is_file()
     page = (out / "index.html").read_text()
     assert "id='metrics'" in page and "<audio" in page
+    # The references themselves, scored as if generated: the ceiling of the signal metrics.
+    ceiling_dir = root / "ceiling"
+    assert main(["eval", "--score-references", "--prompts", str(bench / "prompts.jsonl"), "--reference",
+                 str(bench / "reference"), "--out", str(ceiling_dir), "--no-progress"]) == 0
+    ceiling = json.loads((ceiling_dir / "metrics.json").read_text())
+    assert ceiling["model"] == "references" and ceiling["summary"]["speed"]["median_rtf"] is None
+    assert ceiling["summary"]["tempo_acc2_4pct_octave"]["count"] == 6
     if find_chromium() is None:
         pytest.skip("Chromium not installed: the rendered-DOM check needs `apt-get install chromium`")
     dom = render_dom(out / "index.html")

@@ -1,6 +1,7 @@
 """`tunesmith eval`: evaluate a generator on a prompt set, build the benchmark set, self-check.
 
     tunesmith eval --model NAME_OR_PATH --prompts FILE [--reference DIR] --out DIR
+    tunesmith eval --score-references --prompts FILE --reference DIR --out DIR
     tunesmith eval --build-benchmark MANIFEST --out DIR [--count 100] [--duration 10]
     tunesmith eval --self-check
 """
@@ -18,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(tempo, key, instrument family, CLAP score, FAD, KL, memorization, speed) "
                                    "and write metrics.json and an HTML report.")
     p.add_argument("--model", help="generator: bundled name or model directory")
+    p.add_argument("--score-references", action="store_true",
+                   help="instead of a model, score the reference clips themselves (the ceiling of every metric)")
     p.add_argument("--prompts", help="prompt file: JSONL with 'prompt' (+ targets) or plain text, one per line")
     p.add_argument("--reference", help="folder of real audio: <id>.wav pairs with prompt <id>; all files form the FAD set")
     p.add_argument("--out", help="output folder (report, metrics.json, audio)")
@@ -53,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(str(err)) from None
         print(f"benchmark written: {path}")
         return 0
-    missing = [flag for flag, value in (("--model", args.model), ("--prompts", args.prompts), ("--out", args.out)) if not value]
+    needed = [("--prompts", args.prompts), ("--out", args.out)]
+    needed.append(("--reference", args.reference) if args.score_references else ("--model", args.model))
+    missing = [flag for flag, value in needed if not value]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (usage: tunesmith eval --model NAME --prompts FILE --out DIR)")
     if args.duration <= 0:
@@ -64,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
     if args.train_manifest and not Path(args.train_manifest).is_file():
         raise UserError(f"train manifest not found: {args.train_manifest}")
 
+    try:
+        import matplotlib  # noqa: F401  (the report's plots)
+    except ImportError:
+        raise UserError("the evaluation report needs matplotlib: pip install 'tunesmith[eval]'") from None
+
+    from tunesmith.audio import AudioError, load_audio
     from tunesmith.eval.evaluate import EvalOptions, evaluate
     from tunesmith.eval.prompts import PromptFileError, read_prompts
     from tunesmith.eval.report import write_report
@@ -73,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
         specs = read_prompts(args.prompts, duration=args.duration, seed=args.seed)
     except PromptFileError as err:
         raise UserError(str(err)) from None
-    generator = load_generator(args.model, device=args.device)
+    generator = None if args.score_references else load_generator(args.model, device=args.device)
     for spec in specs:
         try:
-            check_request(spec.prompt, spec.duration, generator.max_duration)
+            check_request(spec.prompt, spec.duration, generator.max_duration if generator else float("inf"))
         except ValueError as err:
             raise UserError(f"prompt '{spec.id}': {err}") from None
     options = EvalOptions(
@@ -84,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
         memorization_clips=args.memorization_clips, seed=args.seed, progress=not args.no_progress,
     )
     out = Path(args.out)
-    results = evaluate(generator, specs, out, options, model_name=str(args.model))
-    from tunesmith.audio import load_audio
-
+    name = "references" if generator is None else str(args.model)
+    try:
+        results = evaluate(generator, specs, out, options, model_name=name)
+    except AudioError as err:
+        raise UserError(str(err)) from None
     audio = [(load_audio(out / row["audio"], allow_silent=True).samples, results["sample_rate"]) for row in results["items"]]
     page = write_report(results, audio, out)
     measured = []

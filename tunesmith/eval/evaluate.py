@@ -92,6 +92,22 @@ def generate_all(generator, specs: list[PromptSpec], audio_dir: Path, progress: 
     return items
 
 
+def reference_items(specs: list[PromptSpec], reference_dir: Path | None, audio_dir: Path) -> list[dict[str, Any]]:
+    """The reference clips in place of generated audio (copied to ``audio_dir``; no timing)."""
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    items = []
+    for spec in specs:
+        audio = load_audio(_reference_audio(spec, reference_dir))
+        samples = audio.samples[:, : int(round(spec.duration * audio.sample_rate))]
+        path = save_audio(audio_dir / f"{spec.id}.wav", samples, audio.sample_rate)
+        items.append({
+            "id": spec.id, "prompt": spec.prompt, "audio": str(path.relative_to(audio_dir.parent)), "wav": samples,
+            "sample_rate": audio.sample_rate, "duration": samples.shape[-1] / audio.sample_rate,
+            "seconds": None, "rtf": None,
+        })
+    return items
+
+
 def _safely(fn, *args, **kwargs):
     """Run a metric; a ValueError (silent or pulse-less audio...) becomes (None, reason)."""
     try:
@@ -167,7 +183,13 @@ def evaluate(generator, specs: list[PromptSpec], out_dir: Path, options: EvalOpt
     if why:
         notes.append(why)
 
-    items = generate_all(generator, specs, out_dir / "audio", options.progress)
+    if generator is None:  # score the references themselves: the ceiling of every metric
+        missing = [s.id for s in specs if _reference_audio(s, options.reference_dir) is None]
+        if missing:
+            raise AudioError(f"no reference audio for prompt(s) {', '.join(missing[:5])}")
+        items = reference_items(specs, options.reference_dir, out_dir / "audio")
+    else:
+        items = generate_all(generator, specs, out_dir / "audio", options.progress)
     rows = []
     for item, spec in _tqdm(list(zip(items, specs)), options.progress, desc="signal metrics"):
         row = {k: v for k, v in item.items() if k not in ("wav",)}
@@ -320,12 +342,12 @@ def summarize_rows(rows: list[dict[str, Any]], results: dict[str, Any]) -> dict[
         "clap_score": M.summarize([r.get("clap_score") for r in rows if r.get("clap_score") is not None]),
         "melody_chroma_cosine": M.summarize([r["melody_chroma_cosine"] for r in rows if r.get("melody_chroma_cosine") is not None]),
     }
-    seconds = [r["seconds"] for r in rows]
-    rtfs = [r["rtf"] for r in rows]
+    seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
+    rtfs = [r["rtf"] for r in rows if r["rtf"] is not None]
     summary["speed"] = {
-        "first_call_seconds": seconds[0],
-        "median_seconds": float(np.median(seconds)),
-        "median_rtf": float(np.median(rtfs[1:] if len(rtfs) > 1 else rtfs)),
+        "first_call_seconds": seconds[0] if seconds else None,
+        "median_seconds": float(np.median(seconds)) if seconds else None,
+        "median_rtf": float(np.median(rtfs[1:] if len(rtfs) > 1 else rtfs)) if rtfs else None,
         "total_audio_seconds": float(sum(r["duration"] for r in rows)),
     }
     ratio = None
