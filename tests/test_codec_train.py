@@ -86,3 +86,18 @@ def test_vae_plugin_trains_and_exports(tmp_path):
     assert main(["codec", "export", "--run", str(run), "--out", str(tmp_path / "m")]) == 0
     vae = load_codec(tmp_path / "m")
     assert vae.latent_dim == 8 and vae.frame_rate == 25.0
+
+
+def test_vae_eval_reports_latent_statistics(tmp_path):
+    from tunesmith.checkpoint import save
+    from tunesmith.codec import VAECodec, VAEConfig
+
+    torch.manual_seed(0)
+    save(VAECodec(VAEConfig(dim=32, encoder_depths=(1, 1, 1), decoder_depths=(1, 1, 1), latent_dim=8)), tmp_path / "m")
+    folder = tmp_path / "f"
+    folder.mkdir()
+    save_audio(folder / "a.wav", SyntheticClips(1, 2.0, 24000)[0]["audio"], 24000)
+    assert main(["codec", "eval", "--model", str(tmp_path / "m"), "--folder", str(folder), "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["kind"] == "latents" and len(result["latents"]["channel_std"]) == 8
+    assert result["latents"]["std"] > 0 and -1 <= result["metrics"]["chroma_similarity"] <= 1

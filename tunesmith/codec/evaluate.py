@@ -138,12 +138,21 @@ def codebook_stats(codec: RVQCodec, clips: Iterable[Clip]) -> dict[str, list[flo
     }
 
 
+@torch.inference_mode()
+def latent_stats(codec: VAECodec, clips: Iterable[Clip]) -> dict[str, float | list[float]]:
+    """Mean and standard deviation of the posterior means over ``clips`` (for diffusion's latent scaling)."""
+    latents = torch.cat([codec.encode_long(wav[None])[0] for _, wav in clips], dim=-1)  # (D, frames)
+    return {"mean": float(latents.mean()), "std": float(latents.std()),
+            "channel_std": [float(v) for v in latents.std(dim=-1)]}
+
+
 def evaluate_codec(codec: RVQCodec | VAECodec, clips: list[Clip]) -> dict:
     """The evaluation JSON of a codec: metrics at every bitrate (RVQ) or of the VAE, plus code usage."""
     sr = codec.sample_rate
     if isinstance(codec, VAECodec):
         return {"kind": "latents", "latent_dim": codec.latent_dim, "frame_rate": codec.frame_rate,
-                "metrics": evaluate_roundtrip(clips, codec_roundtrip(codec), sr, "vae")}
+                "metrics": evaluate_roundtrip(clips, codec_roundtrip(codec), sr, "vae"),
+                "latents": latent_stats(codec, clips)}
     by_k = {}
     for k in range(1, codec.num_codebooks + 1):
         by_k[f"{k}q"] = {"kbps": codec.bitrate(k) / 1000,
