@@ -116,6 +116,14 @@ def test_metadata_filters_works(tmp_path):
     assert list(meta) == ["a.mxl"]
     assert [w.id for w in folder_works(tmp_path, meta)] == [f"{tmp_path.name}/a"]
     assert len(folder_works(tmp_path)) == 3
+    assert len(folder_works(tmp_path, read_metadata(tmp_path / "meta.csv"), only_listed=False)) == 3
+    (tmp_path / "metadata.csv").write_text("path,rating,composer_name,title\nb.mxl,3,Anon,Song\n")
+    from tunesmith.data.corpus import BuildOptions, list_works
+
+    works = list_works(BuildOptions(out=str(tmp_path / "o"), hours=1, sources=[str(tmp_path)]))
+    assert len(works) == 3 and [(w.composer, w.title) for w in works if w.id.endswith("/b")] == [("Anon", "Song")]
+    picky = list_works(BuildOptions(out=str(tmp_path / "o"), hours=1, sources=[str(tmp_path)], min_rating=2.5))
+    assert [w.id for w in picky] == [f"{tmp_path.name}/b"]
 
 
 def test_accompaniment_follows_the_melody_after_transposition():

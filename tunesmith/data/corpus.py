@@ -35,7 +35,8 @@ from tunesmith.data.midi import clip_midi
 from tunesmith.data.render import render
 from tunesmith.data.score import Piece, ScoreError, parse_work
 from tunesmith.data.soundfont import find_soundfont
-from tunesmith.data.sources import COLLECTION_LABELS, WorkRef, folder_works, music21_works, read_metadata
+from tunesmith.data.sources import (COLLECTION_LABELS, WorkRef, folder_metadata, folder_works, music21_works,
+                                    read_metadata)
 
 MAX_RENDERS_PER_WORK = 50  # a build stops after this many passes over the sources
 SPLIT_FRACTIONS = (("train", 0.9), ("valid", 0.05), ("test", 0.05))
@@ -97,13 +98,21 @@ def slug(text: str) -> str:
 
 
 def list_works(options: BuildOptions) -> list[WorkRef]:
-    """All works of the requested sources, sorted by id."""
-    metadata = None
-    if options.metadata:
-        metadata = read_metadata(options.metadata, options.min_rating, tuple(options.require_tags))
+    """All works of the requested sources, sorted by id.
+
+    A folder's metadata table (``--metadata``, or a ``metadata.csv``/``.jsonl`` inside it)
+    names titles and composers; an explicit table, ``--min-rating`` or ``--require-tag``
+    also select which works are used.
+    """
+    filtering = options.min_rating is not None or bool(options.require_tags)
     works: list[WorkRef] = []
     for source in options.sources:
-        works += music21_works() if source == "music21" else folder_works(source, metadata)
+        if source == "music21":
+            works += music21_works()
+            continue
+        table = options.metadata or folder_metadata(source)
+        metadata = read_metadata(table, options.min_rating, tuple(options.require_tags)) if table else None
+        works += folder_works(source, metadata, only_listed=bool(options.metadata) or filtering)
     if not works:
         raise FileNotFoundError(f"no score files found in sources {options.sources}")
     return sorted({w.id: w for w in works}.values(), key=lambda w: w.id)

@@ -69,9 +69,11 @@ class WorkRef:
     era: str
     collection: str
     group: str  # sampling stratum: folk, bach, classical, early, user
+    title: str = ""
 
     def parse_meta(self) -> dict[str, str]:
-        return {"id": self.id, "composer": self.composer, "era": self.era, "collection": self.collection}
+        return {"id": self.id, "title": self.title, "composer": self.composer, "era": self.era,
+                "collection": self.collection}
 
 
 def abc_numbers(path: Path) -> list[int]:
@@ -109,8 +111,24 @@ def music21_works() -> list[WorkRef]:
     return sorted(works, key=lambda w: w.id)
 
 
-def folder_works(folder: str | Path, metadata: dict[str, dict[str, Any]] | None = None) -> list[WorkRef]:
-    """Score files (MusicXML, MXL, Humdrum, ABC, MIDI) under ``folder``; ``metadata`` keys are relative paths."""
+METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
+
+
+def folder_metadata(folder: str | Path) -> Path | None:
+    """A metadata table shipped inside a score folder (PDMX style), if there is one."""
+    for name in METADATA_NAMES:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def folder_works(folder: str | Path, metadata: dict[str, dict[str, Any]] | None = None,
+                 only_listed: bool = True) -> list[WorkRef]:
+    """Score files (MusicXML, MXL, Humdrum, ABC, MIDI) under ``folder``.
+
+    ``metadata`` (keys: paths relative to the folder) supplies title, composer and era; with
+    ``only_listed`` it also selects the works (files it does not list are left out).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"source folder not found: {folder}")
@@ -120,13 +138,14 @@ def folder_works(folder: str | Path, metadata: dict[str, dict[str, Any]] | None 
             continue
         rel = str(path.relative_to(folder))
         info = (metadata or {}).get(rel, {})
-        if metadata is not None and not info:
-            continue  # a metadata file selects the works; unlisted ones are filtered out
+        if metadata is not None and only_listed and not info:
+            continue  # the (filtered) metadata selects the works
         stem = f"{folder.name}/{Path(rel).with_suffix('')}"
         numbers = abc_numbers(path) if path.suffix.lower() == ".abc" else []
         for n in numbers if len(numbers) > 1 else [None]:
-            works.append(WorkRef(stem if n is None else f"{stem}#{n}", str(path), n, str(info.get("composer", "")),
-                                 str(info.get("era", "")), folder.name, "user"))
+            composer = info.get("composer") or info.get("composer_name") or ""
+            works.append(WorkRef(stem if n is None else f"{stem}#{n}", str(path), n, str(composer),
+                                 str(info.get("era", "")), folder.name, "user", str(info.get("title", ""))))
     return works
 
 
