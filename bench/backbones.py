@@ -176,28 +176,33 @@ def _config_dict(config: LMConfig) -> dict[str, Any]:
 def decode_latency(model: TokenLM, positions: tuple[int, ...], window: int) -> dict[int, float]:
     """Median milliseconds (of ``CLOCK``) of one decoding step (batch 1) around each position.
 
-    The whole path of a decoding step that depends on the backbone: embed one step,
-    ``backbone.step`` on one position, the K heads.
+    A step is the whole path that depends on the backbone: embed one pattern step,
+    ``backbone.step`` on one position, the K heads.  The state is brought from one
+    measured window to the next by a single prefill call (the same state as stepping
+    there one position at a time, which the tests check), then ``window`` single
+    steps are timed.
     """
     model.eval()
     c = model.config
-    last = max(positions) + window
-    state = model.backbone.allocate_state(1, last + 1, "cpu", torch.float32)
+    state = model.backbone.allocate_state(1, max(positions) + window + 1, "cpu", torch.float32)
     ids = torch.randint(0, c.codebook_size, (1, c.num_codebooks, 1))
-    wanted = {p - window // 2: p for p in positions}
-    out: dict[int, float] = {}
-    times: list[float] = []
-    current = None
-    for pos in range(last):
-        if pos in wanted:
-            current, times = wanted[pos], []
-        start = clocks()
-        model.logits(model.backbone.step(model.embed_steps(ids), state))
-        if current is not None:
+    at, out = 0, {}
+    for target in sorted(positions):
+        start_at = target - window // 2 - 4
+        if start_at > at:
+            gap = torch.randint(0, c.codebook_size, (1, c.num_codebooks, start_at - at))
+            model.backbone.step(model.embed_steps(gap), state)
+            at = start_at
+        for _ in range(4):  # untimed: let a prefill's worker threads settle
+            model.logits(model.backbone.step(model.embed_steps(ids), state))
+            at += 1
+        times = []
+        for _ in range(window):
+            start = clocks()
+            model.logits(model.backbone.step(model.embed_steps(ids), state))
             times.append(elapsed(start)[CLOCK])
-            if len(times) == window:
-                out[current] = 1e3 * float(np.median(times))
-                current = None
+            at += 1
+        out[target] = 1e3 * float(np.median(times))
     return out
 
 
@@ -441,15 +446,26 @@ def main() -> None:
     p.add_argument("--standin-files", type=int, default=400)
     p.add_argument("--plots", default="docs", help="directory for the PNG plots ('' for none)")
     p.add_argument("--parts", default="throughput,decode,train")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default); 1 makes CPU time exact work (no idle-thread spinning)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                    help="time base of the ratios: process CPU time (default; robust on a shared machine) or wall-clock")
+    p.add_argument("--merge", nargs="+", help="merge the JSON of runs of different --parts and plot")
     p.add_argument("--_point", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = args.clock
+    if args.merge:  # combine the parts of separate runs, then plot
+        result: dict[str, Any] = {"runs": []}
+        for path in args.merge:
+            part = json.loads(Path(path).read_text())
+            runs = result["runs"] + part.pop("runs", [])
+            result.update(part)
+            result["runs"] = runs
+        finish(result, args)
+        return
     if args._point:  # a child process measuring one throughput point
         job = json.loads(args._point)
         CLOCK = job["clock"]
@@ -465,7 +481,9 @@ def main() -> None:
     batch, segment = (8, 150) if quick else (16, 300)
     seeds = (0,) if quick else (0, 1)
     every = 20 if quick else 100
-    result: dict[str, Any] = {"quick": quick, "clock": CLOCK, "threads": torch.get_num_threads(), "load_avg_at_start": os.getloadavg()}
+    run_info = {"parts": sorted(parts), "quick": quick, "clock": CLOCK, "threads": torch.get_num_threads(),
+                "load_avg_at_start": os.getloadavg()}
+    result: dict[str, Any] = {"quick": quick, "clock": CLOCK, "runs": [run_info]}
 
     data = get_data(args) if "train" in parts else None
     codebook = data.codebook_size if data else args.standin_codebook
@@ -488,7 +506,7 @@ def main() -> None:
         result["decode_ms"] = {}
         for name, c in configs.items():
             torch.manual_seed(0)
-            result["decode_ms"][name] = decode_latency(TokenLM(c), DECODE_POSITIONS, window=32 if quick else 64)
+            result["decode_ms"][name] = decode_latency(TokenLM(c), DECODE_POSITIONS, window=24 if quick else 64)
             print(f"  decode {name:11s}", {k: round(v, 2) for k, v in result["decode_ms"][name].items()}, flush=True)
         lat = list(result["decode_ms"]["mamba2"].values())
         result["ssm_decode_flatness"] = max(lat) / min(lat)
@@ -524,9 +542,14 @@ def main() -> None:
         result["val_loss_ratio_equal_steps"] = result["training"]["main"]["val_loss_ratio"]
         result["val_loss_ratio_equal_steps_4x_smaller"] = result["training"]["4x-smaller"]["val_loss_ratio"]
 
-    if args.plots and {"throughput", "decode", "train"} <= parts:
+    run_info["load_avg_at_end"] = os.getloadavg()
+    finish(result, args)
+
+
+def finish(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Plots (when every part is there), the JSON, and the one-line summary."""
+    if args.plots and all(k in result for k in ("throughput", "decode_ms", "training")):
         result["plots"] = plot(result, Path(args.plots))
-    result["load_avg_at_end"] = os.getloadavg()
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
