@@ -69,18 +69,19 @@ def test_any_length_and_chunked_attention_agree():
             assert torch.allclose(model(**args), chunked(**args), atol=1e-5)
 
 
-def test_block_local_attention_is_banded_attention_plus_the_global_token():
-    from tunesmith.diffusion.dit import block_local_attention
+@pytest.mark.parametrize("offset", [0, 2])
+def test_windowed_attention_is_block_diagonal_attention(offset):
+    from tunesmith.diffusion.dit import windowed_attention
 
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 23, 8, generator=g) for _ in range(3))
-    block = torch.arange(23) // 4
-    allowed = (block[:, None] - block[None, :]).abs() <= 1
-    allowed[:, 0] = True  # everyone sees the global token
+    qkv = torch.randn(2, 23, 3, 2, 8, generator=g)  # strided views, as the DiT passes them
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    window = (torch.arange(23) + (4 - offset) % 4) // 4 if offset else torch.arange(23) // 4
+    allowed = window[:, None] == window[None, :]
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-    assert torch.allclose(block_local_attention(q, k, v, 4), expected, atol=1e-5)
-    short = torch.nn.functional.scaled_dot_product_attention(q[:, :, :9], k[:, :, :9], v[:, :, :9])
-    assert torch.allclose(block_local_attention(q[:, :, :9], k[:, :, :9], v[:, :, :9], 4), short, atol=1e-6)
+    assert torch.allclose(windowed_attention(q, k, v, 4, offset), expected, atol=1e-5)
+    full = torch.nn.functional.scaled_dot_product_attention(q[:, :, :4], k[:, :, :4], v[:, :, :4])
+    assert torch.allclose(windowed_attention(q[:, :, :4], k[:, :, :4], v[:, :, :4], 4), full, atol=1e-6)
 
 
 def test_local_layers_change_only_long_inputs():
@@ -88,9 +89,10 @@ def test_local_layers_change_only_long_inputs():
     local = _randomize_output(DiT(DiTConfig(**{**TINY, "local_window": 3})))
     local.load_state_dict(full.state_dict())
     assert [local.config.is_global(i) for i in range(2)] == [False, True]
+    assert [DiTConfig(local_window=8, depth=8).window_offset(i) for i in (0, 2, 4, 6)] == [0, 4, 0, 4]
     with torch.no_grad():
-        short, long = _inputs(t=8), _inputs(t=40)
-        assert torch.allclose(full(**short), local(**short), atol=1e-6)  # 9 positions <= 4 blocks: full attention
+        short, long = _inputs(t=2), _inputs(t=40)
+        assert torch.allclose(full(**short), local(**short), atol=1e-6)  # 3 positions fit one window: full attention
         assert not torch.allclose(full(**long), local(**long), atol=1e-4)
         assert torch.isfinite(local(**long)).all()
 

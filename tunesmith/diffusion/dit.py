@@ -17,9 +17,9 @@ Attention runs through ``F.scaled_dot_product_attention`` (on CPU this is a
 fused, tiled kernel whose memory grows linearly with length); ``attn_chunk``
 additionally splits long query sequences into blocks so that backends without a
 fused kernel also stay linear in memory.  With ``local_window`` set, all but every
-``global_every``-th layer use block-local attention (each frame sees about three
-blocks around it plus the global token), so long-form compute also grows
-linearly in those layers while the global layers keep whole-piece structure.
+``global_every``-th layer attend within windows of that many frames (shifted by
+half a window in every other such layer), so long-form compute grows linearly in
+those layers while the global layers keep whole-piece structure.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ class DiTConfig:
     adaln: bool = False  # also modulate every block by the global conditioning vector
     rope_base: float = 10000.0
     attn_chunk: int = 0  # split self-attention queries into blocks of this many frames (0: never)
-    local_window: int = 0  # block size (frames) of block-local self-attention; 0: every layer global
-    global_every: int = 2  # with local_window: every global_every-th layer attends globally, the rest locally
+    local_window: int = 0  # window (frames) of windowed self-attention; 0: every layer attends globally
+    global_every: int = 2  # with local_window: every global_every-th layer attends globally, the rest in windows
     parameterization: str = "v"  # "v" (cosine schedule) or "edm"
     sigma_data: float = 1.0  # EDM's data standard deviation (latents are ~unit variance)
 
@@ -72,8 +72,13 @@ class DiTConfig:
             raise ValueError("local_window must be >= 0 and global_every >= 1")
 
     def is_global(self, layer: int) -> bool:
-        """Whether self-attention of ``layer`` sees the whole sequence (else a local window)."""
+        """Whether self-attention of ``layer`` sees the whole sequence (else windows)."""
         return self.local_window == 0 or (layer + 1) % self.global_every == 0
+
+    def window_offset(self, layer: int) -> int:
+        """Where the windows of a windowed ``layer`` start: every other windowed layer is shifted by half."""
+        windowed_before = sum(not self.is_global(i) for i in range(layer))
+        return (windowed_before % 2) * (self.local_window // 2)
 
     @property
     def ffn_hidden(self) -> int:
@@ -124,41 +129,32 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     )
 
 
-def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
-    """Attention restricted to a neighbourhood: cost and memory linear in length.
+def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, offset: int = 0) -> torch.Tensor:
+    """Attention within non-overlapping windows of ``window`` positions: cost and memory linear in length.
 
-    The sequence is cut into blocks of ``block`` positions; the queries of block i
-    attend to key blocks i-1, i and i+1 (a window of 2-3 blocks) and to position 0,
-    the global conditioning token, which every query keeps seeing.  Short sequences
-    (up to 4 blocks) gain nothing from this and get full attention.
+    Window boundaries sit at ``offset``, ``offset + window``, ...; alternating the
+    offset between layers (shifted windows, Liu et al. 2021) lets information cross
+    every boundary.  A sequence no longer than one window gets full attention.
+    Works on strided views (no copies of q, k, v), one fused attention call per window.
     """
-    b, h, n, d = q.shape
-    if n <= 4 * block:
+    n = q.shape[-2]
+    if n <= window and offset == 0:
         return F.scaled_dot_product_attention(q, k, v)
-    nb = -(-n // block)
-    pad = nb * block - n
-
-    def windows(x: torch.Tensor) -> torch.Tensor:  # (b, h, n, d) -> (b * nb, h, 1 + 3 * block, d)
-        blocks = F.pad(x, (0, 0, block, block + pad)).view(b, h, nb + 2, block, d)
-        around = torch.cat([blocks[:, :, :-2], blocks[:, :, 1:-1], blocks[:, :, 2:]], dim=3)
-        with_global = torch.cat([x[:, :, None, :1].expand(b, h, nb, 1, d), around], dim=3)
-        return with_global.transpose(1, 2).reshape(b * nb, h, 1 + 3 * block, d)
-
-    queries = F.pad(q, (0, 0, 0, pad)).view(b, h, nb, block, d).transpose(1, 2).reshape(b * nb, h, block, d)
-    # key j of block i's window is position (i - 1) * block + j; keep real positions >= 1 (0 is added apart)
-    pos = (torch.arange(nb, device=q.device)[:, None] - 1) * block + torch.arange(3 * block, device=q.device)[None]
-    valid = torch.cat([torch.ones(nb, 1, dtype=torch.bool, device=q.device), (pos >= 1) & (pos < n)], dim=1)
-    mask = valid[None].expand(b, nb, 1 + 3 * block).reshape(b * nb, 1, 1, 1 + 3 * block)
-    out = F.scaled_dot_product_attention(queries, windows(k), windows(v), attn_mask=mask)
-    return out.view(b, nb, h, block, d).transpose(1, 2).reshape(b, h, nb * block, d)[:, :, :n]
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    bounds = [0, *range(offset or window, n, window), n]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            out[..., start:end, :] = F.scaled_dot_product_attention(q[..., start:end, :], k[..., start:end, :], v[..., start:end, :])
+    return out
 
 
 class DiTBlock(nn.Module):
     """Pre-norm block: self-attention (rotary), cross-attention to text, SwiGLU feed-forward."""
 
-    def __init__(self, config: DiTConfig, local_window: int = 0) -> None:
+    def __init__(self, config: DiTConfig, window: int = 0, window_offset: int = 0) -> None:
         super().__init__()
-        w, self.heads, self.chunk, self.local_window = config.width, config.heads, config.attn_chunk, local_window
+        w, self.heads, self.chunk = config.width, config.heads, config.attn_chunk
+        self.window, self.window_offset = window, window_offset  # window 0: global self-attention
         self.norm1 = nn.LayerNorm(w)
         self.qkv = nn.Linear(w, 3 * w, bias=False)  # one fused projection
         self.out1 = nn.Linear(w, w, bias=False)
@@ -170,7 +166,7 @@ class DiTBlock(nn.Module):
         hidden = config.ffn_hidden
         self.ff_in = nn.Linear(w, 2 * hidden)  # value and gate in one matmul
         self.ff_out = nn.Linear(hidden, w)
-        # adaLN: shift/scale/gate for the three sub-layers, zero-initialized (starts as identity)
+        # adaLN: shift/scale/gate for the three sub-layers, zero-initialized (starts unmodulated)
         self.modulation = nn.Linear(w, 9 * w) if config.adaln else None
         if self.modulation is not None:
             nn.init.zeros_(self.modulation.weight)
@@ -209,8 +205,8 @@ class DiTBlock(nn.Module):
         qkv = self.qkv(pre(self.norm1, 0)).view(b, n, 3, self.heads, -1)
         q, k = apply_rotary(qkv[:, :, :2], rope).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, Dh) each
         v = qkv[:, :, 2].transpose(1, 2)
-        if self.local_window:
-            mixed = block_local_attention(q, k, v, self.local_window)
+        if self.window:
+            mixed = windowed_attention(q, k, v, self.window, self.window_offset)
         else:
             mixed = attention(q, k, v, chunk=self.chunk)
         x = x + gate(self.out1(self._merge_heads(mixed)), 0)
@@ -244,7 +240,8 @@ class DiT(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(config.text_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.null_text = nn.Parameter(torch.randn(1, 1, w) * 0.02)  # always-visible key for dropped text
         self.blocks = nn.ModuleList(
-            DiTBlock(config, 0 if config.is_global(i) else config.local_window) for i in range(config.depth)
+            DiTBlock(config, 0, 0) if config.is_global(i) else DiTBlock(config, config.local_window, config.window_offset(i))
+            for i in range(config.depth)
         )
         self.norm_out = nn.LayerNorm(w)
         self.proj_out = nn.Linear(w, d)

@@ -94,9 +94,9 @@ def _small() -> RunConfig:
     # 25 latent frames/s x 32 channels (the small VAE); Stable Audio 2's recipe: AdamW 1e-4,
     # weight decay 1e-3, exponential warm-up, EMA, v-objective.
     return RunConfig(
-        # Block-local attention (5 s blocks, ~15 s windows) in every other layer: linear cost in minutes-long pieces.
+        # Windowed attention (~10 s windows, shifted) in every other layer: linear cost in minutes-long pieces.
         model=DiTConfig(latent_dim=32, width=512, depth=8, heads=8, text_dim=384, max_seconds=190.0,
-                        local_window=128, global_every=2),
+                        local_window=256, global_every=2),
         data=DataConfig(cache_dir="/work/data/cache/vae-24k", segment_frames=250),
         train=TrainConfig(steps=200_000, batch_size=16, lr=1e-4, weight_decay=1e-3, warmup_steps=1000,
                           warmup="exponential", schedule="constant", ema_decay=0.999, betas=(0.9, 0.999),
