@@ -134,11 +134,12 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
 
     Window boundaries sit at ``offset``, ``offset + window``, ...; alternating the
     offset between layers (shifted windows, Liu et al. 2021) lets information cross
-    every boundary.  A sequence no longer than one window gets full attention.
-    Works on strided views (no copies of q, k, v), one fused attention call per window.
+    every boundary.  A sequence no longer than one window gets full attention (whatever
+    the offset).  Works on strided views (no copies of q, k, v), one fused attention
+    call per window.
     """
     n = q.shape[-2]
-    if n <= window and offset == 0:
+    if n <= window:
         return F.scaled_dot_product_attention(q, k, v)
     out = q.new_empty(*q.shape[:-1], v.shape[-1])
     bounds = [0, *range(offset or window, n, window), n]
