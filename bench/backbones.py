@@ -173,37 +173,38 @@ def _config_dict(config: LMConfig) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def decode_latency(model: TokenLM, positions: tuple[int, ...], window: int) -> dict[int, float]:
-    """Median milliseconds (of ``CLOCK``) of one decoding step (batch 1) around each position.
+def decode_latency(model: TokenLM, positions: tuple[int, ...], rounds: int) -> dict[int, float]:
+    """Median milliseconds (of ``CLOCK``) of one decoding step (batch 1) at each position.
 
     A step is the whole path that depends on the backbone: embed one pattern step,
-    ``backbone.step`` on one position, the K heads.  The state is brought from one
-    measured window to the next by a single prefill call (the same state as stepping
-    there one position at a time, which the tests check), then ``window`` single
-    steps are timed.
+    ``backbone.step`` on one position, the K heads.  One decoding state per position
+    is brought there by a single prefill call (the same state as stepping there one
+    position at a time, which the tests check); then the positions are timed in
+    interleaved rounds, one step each per round, so that load from other processes
+    hits every position alike.
     """
     model.eval()
     c = model.config
-    state = model.backbone.allocate_state(1, max(positions) + window + 1, "cpu", torch.float32)
     ids = torch.randint(0, c.codebook_size, (1, c.num_codebooks, 1))
-    at, out = 0, {}
-    for target in sorted(positions):
-        start_at = target - window // 2 - 4
-        if start_at > at:
-            gap = torch.randint(0, c.codebook_size, (1, c.num_codebooks, start_at - at))
-            model.backbone.step(model.embed_steps(gap), state)
-            at = start_at
-        for _ in range(4):  # untimed: let a prefill's worker threads settle
-            model.logits(model.backbone.step(model.embed_steps(ids), state))
-            at += 1
-        times = []
-        for _ in range(window):
+
+    def step(state: Any) -> None:
+        model.logits(model.backbone.step(model.embed_steps(ids), state))
+
+    states = {}
+    for target in positions:
+        state = model.backbone.allocate_state(1, target + rounds + 1, "cpu", torch.float32)
+        prefix = torch.randint(0, c.codebook_size, (1, c.num_codebooks, target - 4))
+        model.backbone.step(model.embed_steps(prefix), state)
+        for _ in range(4):  # untimed steps up to the position
+            step(state)
+        states[target] = state
+    times: dict[int, list[float]] = {p: [] for p in positions}
+    for _ in range(rounds):
+        for target, state in states.items():
             start = clocks()
-            model.logits(model.backbone.step(model.embed_steps(ids), state))
-            times.append(elapsed(start)[CLOCK])
-            at += 1
-        out[target] = 1e3 * float(np.median(times))
-    return out
+            step(state)
+            times[target].append(elapsed(start)[CLOCK])
+    return {p: 1e3 * float(np.median(t)) for p, t in times.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -506,7 +507,7 @@ def main() -> None:
         result["decode_ms"] = {}
         for name, c in configs.items():
             torch.manual_seed(0)
-            result["decode_ms"][name] = decode_latency(TokenLM(c), DECODE_POSITIONS, window=24 if quick else 64)
+            result["decode_ms"][name] = decode_latency(TokenLM(c), DECODE_POSITIONS, rounds=200 if quick else 500)
             print(f"  decode {name:11s}", {k: round(v, 2) for k, v in result["decode_ms"][name].items()}, flush=True)
         lat = list(result["decode_ms"]["mamba2"].values())
         result["ssm_decode_flatness"] = max(lat) / min(lat)
