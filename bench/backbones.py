@@ -451,6 +451,8 @@ def main() -> None:
                    help="torch threads (0: torch's default); 1 makes CPU time exact work (no idle-thread spinning)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                    help="time base of the ratios: process CPU time (default; robust on a shared machine) or wall-clock")
+    p.add_argument("--steps", type=int, default=0, help="training steps of the efficiency study (0: by --quick)")
+    p.add_argument("--seeds", default="", help="comma-separated seeds of the efficiency study (default: by --quick)")
     p.add_argument("--merge", nargs="+", help="merge the JSON of runs of different --parts and plot")
     p.add_argument("--_point", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -482,6 +484,10 @@ def main() -> None:
     batch, segment = (8, 150) if quick else (16, 300)
     seeds = (0,) if quick else (0, 1)
     every = 20 if quick else 100
+    if args.steps:
+        steps, every = args.steps, max(1, args.steps // 10)
+    if args.seeds:
+        seeds = tuple(int(x) for x in args.seeds.split(","))
     run_info = {"parts": sorted(parts), "quick": quick, "clock": CLOCK, "threads": torch.get_num_threads(),
                 "load_avg_at_start": os.getloadavg()}
     result: dict[str, Any] = {"quick": quick, "clock": CLOCK, "runs": [run_info]}
