@@ -74,3 +74,19 @@ def test_chroma_similarity_sees_pitch(wav):
     assert chroma_similarity(a, a, 24000) == pytest.approx(1.0, abs=1e-5)
     assert chroma_similarity(b, a, 24000) < 0.3
     assert chroma_similarity(0.5 * a, a, 24000) == pytest.approx(1.0, abs=1e-5)  # level does not matter
+
+
+def test_phase_derivative_loss_ignores_absolute_phase_but_sees_frequency():
+    import math
+
+    from tunesmith.codec.losses import phase_derivative_loss
+    from tunesmith.codec.spectral import stft_same
+
+    t = torch.arange(24000) / 24000
+    a = stft_same(torch.sin(2 * math.pi * 440 * t)[None], 960, 240)
+    shifted = a * torch.polar(torch.ones(()), torch.tensor(1.3))  # same signal, rotated phase
+    frequency, delay = phase_derivative_loss(shifted, a)
+    assert float(frequency) < 1e-3 and float(delay) < 1e-3
+    b = stft_same(torch.sin(2 * math.pi * 452 * t)[None], 960, 240)  # half a bin higher
+    frequency, _ = phase_derivative_loss(b, a)
+    assert float(frequency) > 0.1

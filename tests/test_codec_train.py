@@ -101,3 +101,17 @@ def test_vae_eval_reports_latent_statistics(tmp_path):
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["kind"] == "latents" and len(result["latents"]["channel_std"]) == 8
     assert result["latents"]["std"] > 0 and -1 <= result["metrics"]["chroma_similarity"] <= 1
+
+
+def test_phase_loss_option_reaches_the_training_step():
+    import dataclasses
+
+    import tunesmith.codec.train as codec_train
+
+    config = preset("run/codec", "tiny")
+    config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, phase=1.0))
+    task = codec_train.make_task(config)
+    data = SyntheticClips(2, 0.5, 24000)
+    (_, loss, metrics), = list(task.training_step(task.modules(), task.collate([data[0], data[1]]), step=0))
+    assert metrics["phase_frequency"] > 0 and torch.isfinite(loss)
+    loss.backward()

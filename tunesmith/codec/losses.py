@@ -90,3 +90,31 @@ def feature_matching_loss(real_features: list[list[torch.Tensor]], fake_features
             total = total + (r - f).abs().mean() / r.abs().mean().clamp_min(1e-5)
             count += 1
     return total / max(count, 1)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------
+# phase terms (APNet, Ai & Ling 2023): anti-wrapped differences of STFT phase
+
+
+def _wrap(angle: torch.Tensor) -> torch.Tensor:
+    """Angle difference mapped to its magnitude in [0, pi] (the anti-wrapping function of APNet)."""
+    return torch.abs(angle - 2 * torch.pi * torch.round(angle / (2 * torch.pi)))
+
+
+def phase_derivative_loss(predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Instantaneous-frequency and group-delay losses of complex spectra (N, bins, frames).
+
+    The absolute phase of a reconstruction need not match (a codec may shift it), but
+    its derivatives must: along time they are each partial's frequency, along
+    frequency the timing of onsets.  Spectral magnitude losses give frequency almost
+    no usable gradient (Turian & Henry 2020); these terms supervise it directly.
+    Each bin is weighted by the target magnitude, so silent bins (noise phase) do not count.
+    """
+    weight = target.abs()
+    weight = weight / weight.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-7)
+    p, t = torch.angle(predicted), torch.angle(target)
+    w_time = torch.minimum(weight[..., 1:], weight[..., :-1])
+    frequency = (w_time * _wrap(p.diff(dim=-1) - t.diff(dim=-1))).mean()
+    w_freq = torch.minimum(weight[..., 1:, :], weight[..., :-1, :])
+    delay = (w_freq * _wrap(p.diff(dim=-2) - t.diff(dim=-2))).mean()
+    return frequency, delay

@@ -211,7 +211,8 @@ class RVQCodec(_FrameCodec):
         """Training pass: (B, C, T) -> reconstruction (B, C, T'), codes, quantizer losses/stats."""
         wav = self._prepare(wav)
         z_q, codes, stats = self.quantizer(self.encoder(wav))
-        return self.decoder(z_q), codes, stats
+        recon, stats["spectrum"] = self.decoder(z_q, return_spectrum=True)
+        return recon, codes, stats
 
     def encode(self, wav: torch.Tensor, num_codebooks: int | None = None) -> torch.Tensor:
         """(B, C, T) audio -> (B, K, ceil(T / samples_per_frame)) int64 tokens."""
@@ -253,10 +254,11 @@ class VAECodec(_FrameCodec):
         """Mean and standard deviation of q(z | audio), each (B, D, F)."""
         return split_gaussian(self.encoder(self._prepare(wav)))
 
-    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: (B, C, T) -> reconstruction, posterior mean, posterior std."""
+    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: (B, C, T) -> reconstruction, posterior mean and std, decoder's complex STFT."""
         mean, std = self.posterior(wav)
-        return self.decoder(sample_gaussian(mean, std)), mean, std
+        recon, spectrum = self.decoder(sample_gaussian(mean, std), return_spectrum=True)
+        return recon, mean, std, spectrum
 
     def encode(self, wav: torch.Tensor, sample: bool = False, seed: int | None = None) -> torch.Tensor:
         """(B, C, T) audio -> (B, D, F) latents: the posterior mean, or a seeded sample."""

@@ -206,6 +206,16 @@ class Decoder(nn.Module):
         h = h.reshape(b, frames, self.channels, self.outputs, self.bins).permute(0, 2, 3, 4, 1)
         return h.reshape(b * self.channels, self.outputs, self.bins, frames)
 
+    def spectrum(self, params: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Spectral parameters -> the complex STFT (B * C, bins, frames) that :meth:`synthesize` inverts."""
+        magnitude = torch.exp(params[:, 0].clamp(max=math.log(1e2)))
+        if self.phase == "integrated":
+            deviation = self.max_deviation * torch.tanh(params[:, 1])
+            phase, _ = integrated_phase(deviation, params[:, 2], self.n_fft, self.hop, start)
+        else:
+            phase = params[:, 1]
+        return torch.polar(magnitude, phase)
+
     def synthesize(self, params: torch.Tensor, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Spectral parameters -> (B, C, T) audio, and the accumulated phase per frame (integrated only)."""
         # Magnitude as exp(log-magnitude), clipped against overflow; angles stay unbounded and
@@ -225,8 +235,13 @@ class Decoder(nn.Module):
         deviation = self.max_deviation * torch.tanh(params[:, 1])
         return integrated_phase(deviation, params[:, 2], self.n_fft, self.hop)[1]
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.synthesize(self.frame_params(z))[0]
+    def forward(self, z: torch.Tensor, return_spectrum: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Audio (B, C, T); with ``return_spectrum`` also the complex STFT it was synthesized from."""
+        if not return_spectrum:
+            return self.synthesize(self.frame_params(z))[0]
+        spec = self.spectrum(self.frame_params(z))
+        wav = istft_same(spec, self.n_fft, self.hop)
+        return wav.reshape(-1, self.channels, wav.shape[-1]), spec
 
 
 def receptive_field_frames(depths: tuple[int, ...], kernel_size: int, n_fft: int, hop: int) -> int:

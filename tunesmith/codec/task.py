@@ -23,8 +23,10 @@ from tunesmith.codec.losses import (
     feature_matching_loss,
     generator_adversarial_loss,
     mel_distance,
+    phase_derivative_loss,
     stft_distance,
 )
+from tunesmith.codec.spectral import stft_same
 from tunesmith.codec.model import NetConfig, RVQCodec, VAECodec
 from tunesmith.codec.quantize import perplexity
 from tunesmith.codec.synthetic import SyntheticClips
@@ -55,6 +57,7 @@ class LossConfig:
     commitment: float = 0.25  # RVQ only
     codebook: float = 1.0  # RVQ only
     kl: float = 1e-4  # VAE only
+    phase: float = 0.0  # instantaneous-frequency + group-delay losses (APNet); experimental, 0 disables
     gan_start_step: int = 4000
 
 
@@ -95,8 +98,8 @@ class CodecTask:
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return {"audio": torch.stack([it["audio"] for it in items])}
 
-    def _bottleneck(self, codec: nn.Module, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Reconstruction, bottleneck loss and its metrics for either codec."""
+    def _bottleneck(self, codec: nn.Module, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Reconstruction, the decoder's complex STFT, bottleneck loss and its metrics for either codec."""
         raw = unwrap(codec)
         if isinstance(raw, RVQCodec):
             recon, _, stats = codec(wav)
@@ -104,19 +107,25 @@ class CodecTask:
             metrics = {"commitment": float(stats["commitment"].detach()), "restarted": float(stats["restarted"])}
             for k, counts in enumerate(stats["usage"]):
                 metrics[f"perplexity/{k}"] = perplexity(counts)
-            return recon, loss, metrics
-        recon, mean, std = codec(wav)
+            return recon, stats["spectrum"], loss, metrics
+        recon, mean, std, spectrum = codec(wav)
         kl = gaussian_kl(mean.float(), std.float())
-        return recon, self.loss.kl * kl, {"kl": float(kl.detach()), "latent_std": float(mean.detach().std())}
+        return recon, spectrum, self.loss.kl * kl, {"kl": float(kl.detach()), "latent_std": float(mean.detach().std())}
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int) -> Iterator:
         wav = batch["audio"]
-        recon, bottleneck, metrics = self._bottleneck(modules["codec"], wav)
-        sr = unwrap(modules["codec"]).sample_rate
-        mel = mel_distance(recon, wav, sr)
+        recon, spectrum, bottleneck, metrics = self._bottleneck(modules["codec"], wav)
+        raw = unwrap(modules["codec"])
+        mel = mel_distance(recon, wav, raw.sample_rate)
         stft = stft_distance(recon, wav)
         total = self.loss.mel * mel + self.loss.stft * stft + bottleneck
         metrics.update(mel=float(mel.detach()), stft=float(stft.detach()))
+        if self.loss.phase > 0:
+            c = raw.config
+            target = stft_same(raw._prepare(wav).flatten(0, 1), c.n_fft, c.hop)
+            frequency, delay = phase_derivative_loss(spectrum, target)
+            total = total + self.loss.phase * (frequency + delay)
+            metrics.update(phase_frequency=float(frequency.detach()), phase_delay=float(delay.detach()))
         if step >= self.loss.gan_start_step:
             outputs_real = modules["discriminator"](wav)
             outputs_fake = modules["discriminator"](recon.detach())
