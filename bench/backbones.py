@@ -153,7 +153,8 @@ def throughput(configs: dict[str, LMConfig], repeats: int) -> list[dict[str, Any
     for seconds in CONTEXTS_S:
         for name, config in configs.items():
             frames = seconds * FRAME_RATE
-            job = json.dumps({"config": _config_dict(config), "frames": frames, "repeats": repeats, "clock": CLOCK})
+            job = json.dumps({"config": _config_dict(config), "frames": frames, "repeats": repeats, "clock": CLOCK,
+                              "threads": torch.get_num_threads()})
             out = subprocess.run([sys.executable, __file__, "--_point", job], capture_output=True, text=True, check=True)
             row = {"backbone": name, "context_s": seconds, "frames": frames, **json.loads(out.stdout.strip().splitlines()[-1])}
             print(f"  throughput {name:11s} {seconds:4d} s: {row['tokens_per_s']:8.0f} tok/s, "
@@ -472,6 +473,7 @@ def main() -> None:
     if args._point:  # a child process measuring one throughput point
         job = json.loads(args._point)
         CLOCK = job["clock"]
+        torch.set_num_threads(job["threads"])
         print(json.dumps(measure_training_point(job["config"], job["frames"], job["repeats"])))
         return
 
