@@ -183,9 +183,11 @@ def segment_texts(segments: list[dict[str, Any]], rng: np.random.Generator) -> l
         left = [n for n in prev["instruments"] if n not in seg["instruments"]]
         parts = []
         if joined:
-            parts.append(f"{join_words([say_instrument(n, rng) for n in joined])} {_pick(rng, ('join', 'come in', 'enter'))}")
+            verbs = ("joins", "comes in", "enters") if len(joined) == 1 else ("join", "come in", "enter")
+            parts.append(f"{join_words([say_instrument(n, rng) for n in joined])} {_pick(rng, verbs)}")
         if left:
-            parts.append(f"{join_words([say_instrument(n, rng) for n in left])} {_pick(rng, ('drop out', 'fall silent', 'stop'))}")
+            verbs = ("drops out", "falls silent", "stops") if len(left) == 1 else ("drop out", "fall silent", "stop")
+            parts.append(f"{join_words([say_instrument(n, rng) for n in left])} {_pick(rng, verbs)}")
         step = levels.index(seg["dynamics"]) - levels.index(prev["dynamics"])
         if step:
             parts.append(_pick(rng, ("louder", "growing louder", "more intense")) if step > 0
