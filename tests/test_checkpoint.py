@@ -73,5 +73,18 @@ def test_bad_directories_have_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="do not match"):
         load_model(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage-bytes-not-a-file")
-    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_tensors(tmp_path / "m" / "model.safetensors")
+
+
+def test_header_length_starting_with_0x80_is_not_mistaken_for_pickle(tmp_path):
+    from tunesmith.checkpoint import save_tensors
+
+    # find tensor names that make the JSON header exactly 0x80 (+ 256 k) bytes long
+    for n in range(1, 200):
+        path = tmp_path / f"t{n}.safetensors"
+        save_tensors({"x" * n: torch.ones(2)}, path)
+        if path.read_bytes()[0] == 0x80:
+            assert torch.equal(load_tensors(path)["x" * n], torch.ones(2))
+            return
+    pytest.fail("no header of the wanted length was produced")

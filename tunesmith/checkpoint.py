@@ -78,17 +78,30 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     save_file(flat, str(path), metadata=metadata)
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with a little-endian u64 header length, then a JSON object.
+
+    Checked before anything else reads the file, so a pickle (which starts with 0x80 or,
+    for torch.save, a zip 'PK' signature) is never handed to a loader.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    header_len = int.from_bytes(head[:8], "little")
+    return 0 < header_len <= size - 8 and head[8:9] == b"{"
+
+
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file; anything else (a pickle above all) is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
+    if not _looks_like_safetensors(path):
         raise CheckpointError(
-            f"{path} is a pickle/torch.save file, not safetensors; refusing to load it "
-            "(pickle can execute code). Convert it to safetensors in a trusted environment."
+            f"{path} is not a safetensors file (a pickle or torch.save file, perhaps); refusing to load "
+            "it, since pickle can execute code. Convert it to safetensors in a trusted environment."
         )
     try:
         return load_file(str(path))
