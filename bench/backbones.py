@@ -541,6 +541,10 @@ def main() -> None:
                 for name, c in pcs.items():
                     curve = train_curve(c, data, steps, batch, segment, seed, valid, every, lr=1e-3)
                     runs["curves"][name][str(seed)] = curve
+                    result["training"][pair] = runs
+                    if args.json:  # partial results survive an interrupted run
+                        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                        Path(args.json + ".partial").write_text(json.dumps(result, indent=2) + "\n")
                     print(f"  train {pair:10s} {name:11s} seed {seed}: val loss {curve['val_loss'][0]:.3f} -> "
                           f"{curve['val_loss'][-1]:.3f} in {curve['train_seconds'][-1]:.0f} s", flush=True)
             final = {n: float(np.mean([cv["val_loss"][-1] for cv in runs["curves"][n].values()])) for n in pcs}
