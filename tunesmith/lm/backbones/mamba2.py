@@ -123,6 +123,7 @@ class Mamba2Mixer(nn.Module):
         A = -self.A_log.exp()
         kernel = use_kernel(self.kernels, x, "ssd")
         if kernel is not None:
+            x, dt, B, C = (t.contiguous() for t in (x, dt, B, C))  # slices of the input projection
             return kernel(x, dt, A, B, C, self.chunk_size, initial_states=initial_state, return_final_states=True)
         # discretization: the input x_t is scaled by dt_t and the decay is a_t = exp(dt_t A)
         return ssd_chunked(x * dt[..., None], dt * A, B, C, self.chunk_size, initial_state)
