@@ -190,3 +190,7 @@ def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
 
 
 __all__ = ["RunConfig", "LMTask", "make_task", "export", "valid_cells"]
+
+# The matched state-space presets (run/lm "<size>-mamba2") are defined with the SSM backbone;
+# importing it here, after the Transformer presets exist, makes them selectable by name.
+import tunesmith.lm.backbones.mamba2  # noqa: E402,F401
