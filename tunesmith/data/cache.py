@@ -57,7 +57,7 @@ def write_frame_cache(
     _check_meta_compatible(out, meta)
     chunks, lines, offsets = [], [], [0]
     for i, (frames, info) in enumerate(items):
-        frames = np.asarray(frames)
+        frames = np.ascontiguousarray(frames)  # transposed views (frames of (K, T) codes) are common
         if frames.ndim != 2 or frames.shape[1] != width:
             raise CacheError(f"item {i}: frames must be (T, {width}), got {tuple(frames.shape)}")
         if kind == "tokens" and frames.size and (frames.min() < 0 or frames.max() > np.iinfo(np.int16).max):
