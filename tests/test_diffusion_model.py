@@ -18,13 +18,7 @@ from tunesmith.diffusion.samplers import get_sigmas, sample
 from tunesmith.diffusion.train import SyntheticLatents, make_task, random_keep_mask
 from tunesmith.train.engine import Trainer
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(latent_dim=4, width=32, depth=2, heads=2, text_dim=8, fourier_dim=16, max_seconds=10.0)

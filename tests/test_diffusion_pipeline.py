@@ -16,12 +16,7 @@ from tunesmith.diffusion.pipeline import LatentDiffusionGenerator
 from tunesmith.generator import Generator, load_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dit(inpainting: bool = True, seed: int = 0) -> DiT:

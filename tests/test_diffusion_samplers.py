@@ -28,13 +28,7 @@ from tunesmith.diffusion.samplers import SAMPLERS, expected_nfe, get_sigmas, sam
 SIGMA_MAX = 80.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _col(sigma, x):

@@ -23,14 +23,7 @@ K, N, SR, HOP = 3, 16, 3200, 64  # 50 frames per second
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine each
-    parallel region waits for a descheduled thread; run single-threaded, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @dataclass
 class ScalarCodecConfig:

@@ -18,14 +18,7 @@ CAPTIONS = ["a slow waltz", "a fast reel", "a sad hymn", "a bright march"]
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine each
-    parallel region waits for a descheduled thread; run single-threaded, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def token_set(tmp_path_factory):
