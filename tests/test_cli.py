@@ -29,3 +29,17 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     assert status == 2
     assert "\n" not in err and ("missing.json" in err or "not available" in err)
     assert "Traceback" not in err
+
+
+def test_resume_uses_the_runs_saved_config(tmp_path, capsys):
+    """--resume without --preset/--config continues with the config the run was started with."""
+    import json
+
+    assert main(["train", "diffusion", "--preset", "tiny", "--out", str(tmp_path), "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    config["train"]["lr"] = 0.123
+    (tmp_path / "run_config.json").write_text(json.dumps(config))
+    assert main(["train", "diffusion", "--out", str(tmp_path), "--resume", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["lr"] == 0.123
+    assert main(["train", "diffusion", "--preset", "tiny", "--out", str(tmp_path), "--resume", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["lr"] != 0.123

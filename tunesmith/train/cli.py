@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=1000 (repeatable)")
     p.add_argument("--out", default=None, help="run directory (sets train.out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in the run directory (with the run's saved config "
+                        "unless --preset/--config is given)")
     p.add_argument("--export", default=None, help="write the trained model directory here when done")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
@@ -60,7 +62,11 @@ def resolve_config(kind: str, preset_name: str | None, config_path: str | None, 
 def run(args: argparse.Namespace) -> int:
     from tunesmith.train.engine import Trainer
 
-    module, config = resolve_config(args.kind, args.preset, args.config, args.overrides, args.out)
+    config_path = args.config
+    saved = Path(args.out) / "run_config.json" if args.out else None
+    if args.resume and config_path is None and args.preset is None and saved is not None and saved.is_file():
+        config_path = str(saved)  # resume with the run's own config, not today's preset defaults
+    module, config = resolve_config(args.kind, args.preset, config_path, args.overrides, args.out)
     if args.print_config:
         import json
 
