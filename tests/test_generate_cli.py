@@ -14,6 +14,7 @@ from tunesmith.cli import main
         (["generate", "a waltz", "--duration", "-3"], "--duration must be > 0"),
         (["generate", "a waltz", "--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["generate", "a waltz", "--prompts", "x.txt"], "not both"),
+        (["generate", "a waltz", "--model", "clap-24k"], "is not a generator"),
     ],
 )
 def test_bad_requests(argv, message, capsys, tmp_path, monkeypatch):

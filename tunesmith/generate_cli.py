@@ -96,7 +96,7 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tunesmith.audio import load_audio, save_audio
-    from tunesmith.checkpoint import atomic_write_text
+    from tunesmith.checkpoint import atomic_write_text, bundled_models
     from tunesmith.generator import check_request, load_generator
 
     if args.prompt and args.prompts:
@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if not (args.duration > 0):
         raise UserError(f"--duration must be > 0 seconds, got {args.duration:g}")
     paths, fmt = plan_outputs(args, prompts)
+    if args.model == DEFAULT_MODEL and DEFAULT_MODEL not in bundled_models():
+        raise UserError(f"the default model '{DEFAULT_MODEL}' is not bundled in this build yet (it is being "
+                        "trained); pass --model with a generator directory of your own")
     generator = load_generator(args.model)
     try:
         check_request(prompts, args.duration, generator.max_duration)
