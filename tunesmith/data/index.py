@@ -11,7 +11,6 @@ original files.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from tunesmith.audio import normalize_loudness, resample, rms_db, save_audio, to_channels
 from tunesmith.checkpoint import atomic_write_text
 from tunesmith.data.corpus import slug, split_of
-from tunesmith.data.manifest import SPLITS, write_manifest
+from tunesmith.data.manifest import SPLITS, read_table, write_manifest
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
 SILENCE_DB = -60.0
@@ -58,11 +57,7 @@ def read_caption_table(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"caption table not found: {path}")
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        with path.open(encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+    rows = read_table(path)
     table = {}
     for i, row in enumerate(rows):
         key = row.get("file") or row.get("path") or row.get("audio")

@@ -7,6 +7,7 @@ Fields of a line: ``id``, ``audio`` (path relative to the manifest's folder), ``
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -19,6 +20,15 @@ SPLITS = ("train", "valid", "test")
 
 class ManifestError(ValueError):
     """A manifest line that is not valid JSON or lacks a required field."""
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a user's side table (captions, metadata): JSONL by suffix, otherwise CSV with a header."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:

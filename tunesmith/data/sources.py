@@ -6,12 +6,12 @@ build can plan the whole work order before rendering anything.
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tunesmith.data.manifest import read_table
 
 SCORE_SUFFIXES = (".mxl", ".musicxml", ".xml", ".krn", ".abc", ".mid", ".midi")
 
@@ -155,11 +155,7 @@ def read_metadata(path: str | Path, min_rating: float | None = None, tags: tuple
     Rows below ``min_rating`` or lacking any of ``tags`` (comma/semicolon separated) are dropped.
     """
     path = Path(path)
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        with path.open(encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+    rows = read_table(path)
     selected = {}
     for i, row in enumerate(rows):
         if "path" not in row:
