@@ -57,8 +57,7 @@ def main() -> None:
     if trainer.rank == 0:
         save_tensors(weights, os.path.join(a.out, "final.safetensors"))
         print(f"done step={result.step} interrupted={result.interrupted}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    trainer.close()
 
 
 if __name__ == "__main__":

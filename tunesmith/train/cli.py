@@ -79,11 +79,15 @@ def run(args: argparse.Namespace) -> int:
     save_config(config, out_dir / "run_config.json")
     task = module.make_task(config)
     trainer = Trainer(task, config.train)
-    result = trainer.fit(resume=args.resume)
-    if result.interrupted:
-        print(f"interrupted at step {result.step}; checkpoint saved. Resume with --resume --out {out_dir}")
+    try:
+        result = trainer.fit(resume=args.resume)
+        if result.interrupted:
+            if trainer.rank == 0:
+                print(f"interrupted at step {result.step}; checkpoint saved. Resume with --resume --out {out_dir}")
+            return 0
+        if args.export and trainer.rank == 0:
+            path = module.export(trainer, config, Path(args.export))
+            print(f"model written to {path}")
         return 0
-    if args.export and trainer.rank == 0:
-        path = module.export(trainer, config, Path(args.export))
-        print(f"model written to {path}")
-    return 0
+    finally:
+        trainer.close()

@@ -188,7 +188,9 @@ class Trainer:
         self.on_step_end = on_step_end
         self.lr_scale = lr_scale or getattr(task, "lr_scale", {}) or {}
         self.out_dir = Path(config.out_dir)
+        self._owns_process_group = not dist.is_initialized()
         self.rank, self.world, self.local_rank = _init_distributed()
+        self._owns_process_group = self._owns_process_group and dist.is_initialized()
         self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -480,6 +482,17 @@ class Trainer:
                 bar.close()
             log.close()
         return FitResult(self.step, interrupted, last_metrics, result_ckpt)
+
+    def close(self) -> None:
+        """Leave the process group this trainer joined, once every rank has arrived.
+
+        Ranks finish at different moments (rank 0 writes files); tearing gloo down while a
+        peer is still mid-exit aborts the process, so all ranks meet at a barrier first.
+        """
+        if self._owns_process_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            self._owns_process_group = False
 
     def _validate(self, log: "_Logger") -> None:
         sharded = self.world > 1 and self.config.distributed == "fsdp"
