@@ -90,3 +90,20 @@ def test_phase_derivative_loss_ignores_absolute_phase_but_sees_frequency():
     b = stft_same(torch.sin(2 * math.pi * 452 * t)[None], 960, 240)  # half a bin higher
     frequency, _ = phase_derivative_loss(b, a)
     assert float(frequency) > 0.1
+
+
+def test_harmonic_distance_weighs_a_wrong_note_above_a_volume_change():
+    """A semitone off must cost more, relative to halving the loudness, than the mel loss says."""
+    from tunesmith.codec.losses import harmonic_distance
+
+    sr = 24000
+    t = torch.arange(sr) / sr
+
+    def tone(f: float) -> torch.Tensor:
+        return sum(torch.sin(2 * torch.pi * f * h * t) / h for h in range(1, 6))[None, None]
+
+    a, sharp = tone(220.0), tone(220.0 * 2 ** (1 / 12))
+    assert harmonic_distance(a, a, sr) == 0
+    harmonic_ratio = harmonic_distance(sharp, a, sr) / harmonic_distance(0.5 * a, a, sr)
+    mel_ratio = mel_distance(sharp, a, sr) / mel_distance(0.5 * a, a, sr)
+    assert harmonic_ratio > 1.8 and harmonic_ratio > 1.2 * mel_ratio

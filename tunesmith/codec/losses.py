@@ -52,6 +52,24 @@ def mel_distance(x: torch.Tensor, y: torch.Tensor, sample_rate: int,
     return total / len(scales)
 
 
+def harmonic_distance(x: torch.Tensor, y: torch.Tensor, sample_rate: int, n_fft: int = 4096,
+                      max_hz: float = 4000.0) -> torch.Tensor:
+    """L1 of natural-log STFT magnitudes with long windows, over the band below ``max_hz``.
+
+    Pitch lives in where the harmonics sit.  Below about 1 kHz a semitone is narrower than
+    a mel band of the mel losses above (at 200 Hz: 12 Hz against about 30 Hz), so a decoder
+    can put partials a semitone off and those losses barely notice; trained on mel and
+    short-window STFT terms alone, our codec kept the spectral envelope and lost the notes
+    (chroma similarity 0.56, where 0.51 is two unrelated clips).  A 4096-point window
+    (5.9 Hz bins at 24 kHz) resolves semitones from about 100 Hz up.
+    """
+    x, y = _match(x, y)
+    bins = min(n_fft // 2 + 1, int(max_hz * n_fft / sample_rate) + 1)
+    mx = stft_magnitude(x, n_fft, n_fft // 4)[..., :bins, :]
+    my = stft_magnitude(y, n_fft, n_fft // 4)[..., :bins, :]
+    return (torch.log(mx.clamp_min(1e-5)) - torch.log(my.clamp_min(1e-5))).abs().mean()
+
+
 def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Scale-invariant signal-to-distortion ratio in dB per item (Le Roux et al. 2019): (B, C, T) -> (B,)."""
     estimate, reference = _match(estimate, reference)

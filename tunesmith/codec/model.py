@@ -34,7 +34,9 @@ class NetConfig:
     strides: tuple[int, ...] = (2,)
     encoder_depths: tuple[int, ...] = (2, 4)
     decoder_depths: tuple[int, ...] = (4, 2)  # first stage at the latent rate
-    phase: Literal["integrated", "direct"] = "integrated"  # see modules.Decoder
+    # "direct" (Vocos): measured to learn; "integrated" could not even overfit four clips
+    # (after 400 steps: mel distance 1.09 vs 0.35, chroma similarity 0.59 vs 0.94).
+    phase: Literal["integrated", "direct"] = "direct"  # see modules.Decoder
 
     def __post_init__(self) -> None:
         if self.sample_rate < 8000 or self.channels < 1:

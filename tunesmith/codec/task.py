@@ -17,11 +17,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tunesmith.codec.discriminators import Discriminator, DiscriminatorConfig
+from tunesmith.codec.evaluate import chroma_similarity
 from tunesmith.codec.gaussian import gaussian_kl
 from tunesmith.codec.losses import (
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
+    harmonic_distance,
     mel_distance,
     phase_derivative_loss,
     stft_distance,
@@ -37,7 +39,7 @@ SYNTHETIC = "synthetic"
 
 @dataclass
 class DataConfig:
-    manifest: str = "/work/data/corpus-v1/manifest.jsonl"  # or "synthetic" for seeded test signals
+    manifest: str = "/work/data/corpus-v2/manifest.jsonl"  # or "synthetic" for seeded test signals
     segment_seconds: float = 1.0
     synthetic_clips: int = 512
     valid_clips: int = 8  # clips of the valid split scored by validate()
@@ -52,6 +54,7 @@ class DataConfig:
 class LossConfig:
     mel: float = 15.0
     stft: float = 1.0
+    harmonic: float = 5.0  # long-window low-band log-magnitude L1 (see losses.harmonic_distance): keeps pitch
     adversarial: float = 1.0
     feature_matching: float = 2.0
     commitment: float = 0.25  # RVQ only
@@ -68,6 +71,9 @@ class CodecRunParts:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # A model directory (e.g. a shipped codec) whose weights start the run: fine-tuning with a
+    # new recipe without repeating the hours that taught the codec what it already knows.
+    init_from: str = ""
 
 
 def make_datasets(data: DataConfig, model: NetConfig, seed: int) -> tuple[Dataset, Dataset]:
@@ -120,6 +126,10 @@ class CodecTask:
         stft = stft_distance(recon, wav)
         total = self.loss.mel * mel + self.loss.stft * stft + bottleneck
         metrics.update(mel=float(mel.detach()), stft=float(stft.detach()))
+        if self.loss.harmonic > 0:
+            harmonic = harmonic_distance(recon, wav, raw.sample_rate)
+            total = total + self.loss.harmonic * harmonic
+            metrics.update(harmonic=float(harmonic.detach()))
         if self.loss.phase > 0:
             c = raw.config
             target = stft_same(raw._prepare(wav).flatten(0, 1), c.n_fft, c.hop)
@@ -157,4 +167,7 @@ class CodecTask:
             recon = codec.decode(codec.encode(wav))
             out["mel"] = float(mel_distance(recon, wav, codec.sample_rate))
             out["stft"] = float(stft_distance(recon, wav))
+        out["harmonic"] = float(harmonic_distance(recon, wav, codec.sample_rate))
+        out["chroma"] = float(sum(chroma_similarity(r, w, codec.sample_rate)
+                                  for r, w in zip(recon, wav)) / len(wav))
         return out
