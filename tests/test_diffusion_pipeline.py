@@ -154,3 +154,10 @@ def test_training_on_a_latent_cache(tmp_path):
     assert result.step == 3 and np.isfinite(result.last_metrics["loss/dit"])
     with pytest.raises(Exception, match="channels"):
         make_task(apply_overrides(cfg, ["model.latent_dim=8"]))
+
+
+def test_unconditional_generation_ignores_the_prompt(generator):
+    a = generator.generate("a waltz for strings", duration=1.0, seed=5, steps=3, unconditional=True)
+    b = generator.generate("fast drums", duration=1.0, seed=5, steps=3, unconditional=True)
+    c = generator.generate("fast drums", duration=1.0, seed=5, steps=3)
+    assert torch.equal(a.samples, b.samples) and not torch.equal(b.samples, c.samples)

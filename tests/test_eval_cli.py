@@ -41,8 +41,11 @@ class PromptFollowingSynth:
     def generate(self, prompts, duration, seed=0, *, progress=False, **controls):
         items = check_request(prompts, duration, self.max_duration)
         out = []
+        unconditional = controls.pop("unconditional", False)
+        if controls:
+            raise ValueError(f"unknown controls: {sorted(controls)}")
         for i, prompt in enumerate(items):
-            facts = attributes_from_text(prompt, self.hierarchy)
+            facts = {} if unconditional else attributes_from_text(prompt, self.hierarchy)
             key = parse_key(facts["key"], facts.get("mode")) if "key" in facts else Key(0, facts.get("mode", "major"))
             bpm = facts.get("tempo_bpm", 100.0)
             partials, shift = (2, -1) if "bass" in facts.get("families", []) else (8, 1)
@@ -172,3 +175,19 @@ def test_free_wording_prompt_set_is_valid():
     for spec in specs:
         assert spec.tempo_bpm and spec.target_key is not None and spec.families
         assert set(spec.families) <= families, spec
+
+
+def test_unconditional_generation_drops_the_prompts(tmp_path, capsys):
+    from tunesmith.eval.evaluate import generate_all
+    from tunesmith.eval.prompts import PromptSpec
+
+    specs = [PromptSpec(id=f"p{i}", prompt=p, duration=2.0, seed=0)
+             for i, p in enumerate(["a march in G minor, 140 BPM", "a slow waltz in E major"])]
+    synth = PromptFollowingSynth()
+    cond = generate_all(synth, specs, tmp_path / "c", progress=False)
+    uncond = generate_all(synth, specs, tmp_path / "u", progress=False, unconditional=True)
+    assert not torch.equal(cond[0]["wav"], cond[1]["wav"])
+    assert torch.equal(uncond[0]["wav"], uncond[1]["wav"])  # same seed, no prompt: the same music
+    err = _eval_error(["eval", "--score-references", "--unconditional", "--prompts", "x.jsonl",
+                       "--out", str(tmp_path / "o")], capsys)
+    assert "--unconditional needs a model" in err

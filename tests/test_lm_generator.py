@@ -128,3 +128,33 @@ def test_int8_decoding_generator(tmp_path):
     assert out.samples.shape == (1, 1, int(0.3 * SR)) and torch.isfinite(out.samples).all()
     gen.save(tmp_path / "gen8")
     assert load_generator(tmp_path / "gen8").int8
+
+
+def test_generator_referencing_the_bundled_codec_stores_fp16_and_no_codec_copy(tmp_path):
+    from tunesmith.checkpoint import load_model, read_model_config
+
+    codec = load_model("codec-24k")
+    torch.manual_seed(0)
+    lm = TokenLM(LMConfig(num_codebooks=2, codebook_size=codec.config.codebook_size, dim=32,
+                          backbone_config={"num_layers": 1, "num_heads": 4}, max_frames=20))
+    gen = TokenLMGenerator(lm, codec)
+    with pytest.raises(ValueError, match="not a bundled model"):
+        gen.save(tmp_path / "bad", codec_name="no-such-codec")
+    out = gen.save(tmp_path / "gen", codec_name="codec-24k", fp16=True)
+    assert not (out / "codec").exists()
+    meta = read_model_config(out)
+    assert meta["codec"] == "codec-24k" and meta["storage"] == "fp16"
+    loaded = load_generator(out)
+    for (name, a), b in zip(lm.state_dict().items(), loaded.lm.state_dict().values()):
+        assert b.dtype == torch.float32 and torch.equal(a.half().float(), b), name
+    assert gen.lm.state_dict()["head.weight"].dtype == torch.float32  # saving did not halve the live model
+    audio = loaded.generate("a waltz", duration=0.2, seed=1)
+    assert audio.sample_rate == 24000 and audio.samples.shape[-1] == 4800
+
+
+def test_unconditional_generation_ignores_the_prompt():
+    gen = make_generator()
+    a = gen.generate("a waltz", duration=0.3, seed=1, unconditional=True)
+    b = gen.generate("a reel", duration=0.3, seed=1, unconditional=True)
+    c = gen.generate("a reel", duration=0.3, seed=1, cfg=100.0)  # a random LM barely listens: amplify
+    assert torch.equal(a.samples, b.samples) and not torch.equal(b.samples, c.samples)

@@ -182,6 +182,7 @@ class LatentDiffusionGenerator:
         progress: bool = False,
         init_audio: Audio | str | Path | None = None,
         mask: Sequence[tuple[float, float]] | torch.Tensor | None = None,
+        unconditional: bool = False,
         **controls: Any,
     ) -> Audio:
         """Audio (B, C, T).  ``controls``: steps, sampler, schedule, sigma_min, sigma_max, cfg,
@@ -189,6 +190,7 @@ class LatentDiffusionGenerator:
 
         ``mask`` marks what to regenerate in ``init_audio``: a list of (start, end) seconds, or a
         bool tensor over latent frames or audio samples (True = regenerate).
+        ``unconditional`` replaces the prompt by the null condition (timing stays), for baselines.
         """
         known = {"steps", "sampler", "schedule", "sigma_min", "sigma_max", "cfg", "cfg_rescale", "cfg_interval",
                  "strength", "repaint_resample"}
@@ -198,6 +200,8 @@ class LatentDiffusionGenerator:
         items = check_request(prompts, duration, self.max_duration)
         frames = max(2, math.ceil(duration * self.frame_rate))
         cond, uncond = self.conditioning(items, duration)
+        if unconditional:
+            cond, controls = uncond, {**controls, "cfg": 1.0}
         init_latents, keep = None, None
         if init_audio is not None:
             init_latents = self.encode_audio(init_audio, frames)

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=100, help="benchmark prompts (default 100)")
     p.add_argument("--split", default="test", help="corpus split for the benchmark (default test)")
     p.add_argument("--self-check", action="store_true", help="measure the signal metrics on probe signals with known answers")
+    p.add_argument("--unconditional", action="store_true",
+                   help="generate with the prompts dropped (the baseline that shows what conditioning adds)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(str(err)) from None
         print(f"benchmark written: {path}")
         return 0
+    if args.unconditional and args.score_references:
+        raise UserError("--unconditional needs a model; references are not generated")
     needed = [("--prompts", args.prompts), ("--out", args.out)]
     needed.append(("--reference", args.reference) if args.score_references else ("--model", args.model))
     missing = [flag for flag, value in needed if not value]
@@ -93,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(
         reference_dir=reference, clap=args.clap, train_manifest=Path(args.train_manifest) if args.train_manifest else None,
         memorization_clips=args.memorization_clips, seed=args.seed, progress=not args.no_progress,
+        unconditional=args.unconditional,
     )
     out = Path(args.out)
     name = "references" if generator is None else str(args.model)

@@ -45,6 +45,9 @@ class EvalOptions:
     fad_rounds: int = 200
     seed: int = 0
     progress: bool = True
+    # Generate with every condition dropped (the CFG null prompt): the baseline that shows
+    # what the text conditioning adds (issue 9 asks for FAD conditional vs unconditional).
+    unconditional: bool = False
 
 
 def _tqdm(iterable, progress: bool, **kwargs):
@@ -66,12 +69,13 @@ def load_clap_or_none(name: str | None, required: bool):
         return None, f"no CLAP model available ({err}); CLAP-based metrics skipped"
 
 
-def generate_all(generator, specs: list[PromptSpec], audio_dir: Path, progress: bool = True) -> list[dict[str, Any]]:
+def generate_all(generator, specs: list[PromptSpec], audio_dir: Path, progress: bool = True,
+                 unconditional: bool = False) -> list[dict[str, Any]]:
     """Generate one clip per prompt, timing each call; audio is written to ``audio_dir``."""
     audio_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for spec in _tqdm(specs, progress, desc="generate"):
-        controls: dict[str, Any] = {}
+        controls: dict[str, Any] = {"unconditional": True} if unconditional else {}
         if spec.melody:
             controls["melody"] = load_audio(spec.melody, sample_rate=generator.sample_rate)
         start = time.perf_counter()
@@ -189,7 +193,7 @@ def evaluate(generator, specs: list[PromptSpec], out_dir: Path, options: EvalOpt
             raise AudioError(f"no reference audio for prompt(s) {', '.join(missing[:5])}")
         items = reference_items(specs, options.reference_dir, out_dir / "audio")
     else:
-        items = generate_all(generator, specs, out_dir / "audio", options.progress)
+        items = generate_all(generator, specs, out_dir / "audio", options.progress, options.unconditional)
     rows = []
     for item, spec in _tqdm(list(zip(items, specs)), options.progress, desc="signal metrics"):
         row = {k: v for k, v in item.items() if k not in ("wav",)}
@@ -205,7 +209,8 @@ def evaluate(generator, specs: list[PromptSpec], out_dir: Path, options: EvalOpt
     references = {str(p): load_audio(p, sample_rate=sr, channels=1) for p in _tqdm(reference_files, options.progress, desc="references")}
 
     gen_clips = [(it["wav"].mean(0), it["sample_rate"]) for it in items]
-    results: dict[str, Any] = {"model": model_name, "prompts": len(specs), "sample_rate": sr, "notes": notes}
+    results: dict[str, Any] = {"model": model_name, "prompts": len(specs), "sample_rate": sr, "notes": notes,
+                               "unconditional": options.unconditional}
     if references:
         ref_clips = [(a.samples[0], a.sample_rate) for a in references.values()]
         results["fad_mel_stats"] = _fad(_mel_embeddings(gen_clips), _mel_embeddings(ref_clips), options.fad_rounds, options.seed)

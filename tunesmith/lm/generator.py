@@ -2,8 +2,10 @@
 
 A generator directory is the LM's model directory (``config.json`` with
 ``generator_type: "token-lm"`` + ``model.safetensors``) with the codec's model
-directory inside it as ``codec/``.  The text encoder is named by the LM config
-and is frozen, so it is not stored.
+directory inside it as ``codec/`` — or, when the codec is a bundled model, its name
+under ``"codec"`` in config.json, so a bundled generator does not ship a second copy of
+the bundled codec.  The text encoder is named by the LM config and is frozen, so it is
+not stored.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from tunesmith.audio import Audio, load_audio, resample, to_channels
-from tunesmith.checkpoint import load_model, read_model_config, save
+from tunesmith.checkpoint import bundled_models, load_model, read_model_config, save
 from tunesmith.conditioning.melody import dominant_chroma
 from tunesmith.conditioning.text import TextEncoder, get_text_encoder
 from tunesmith.generator import check_request, register_generator
@@ -134,15 +136,19 @@ class TokenLMGenerator:
         top_p: float = 0.0,
         melody: Any = None,
         prompt_audio: Any = None,
+        unconditional: bool = False,
         **controls: Any,
     ) -> Audio:
         """Audio (B, C, duration * sample_rate).  With ``prompt_audio`` the output starts
-        with the prompt and continues it; ``melody`` (Audio or path) guides a melody model."""
+        with the prompt and continues it; ``melody`` (Audio or path) guides a melody model.
+        ``unconditional`` drops text and melody (the null condition of CFG), for baselines."""
         if controls:
             raise ValueError(f"unknown controls for the token LM: {', '.join(sorted(controls))}")
         items = check_request(prompts, duration, self.max_duration)
         num_frames = max(1, math.ceil(duration * self.frame_rate))
         cond = self.conditioning(items, num_frames, melody)
+        if unconditional:
+            cond, cfg = cond.null(), 1.0
         prompt = self.prompt_tokens(prompt_audio, len(items)) if prompt_audio is not None else None
         tokens = generate_tokens(self.decoder_lm, num_frames, cond, batch_size=len(items), prompt=prompt, cfg_scale=cfg,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, progress=progress)
@@ -153,17 +159,28 @@ class TokenLMGenerator:
         wav = torch.nn.functional.pad(wav, (0, max(0, samples - wav.shape[-1])))[..., :samples]
         return Audio(wav.clamp(-1.0, 1.0), self.sample_rate)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the generator directory: the LM (fp32 weights), and the codec under ``codec/``."""
-        directory = save(self.lm, directory, extra={"generator_type": GENERATOR_TYPE, "int8_decoding": self.int8})
-        save(self.codec, directory / CODEC_DIR)  # type: ignore[arg-type]
+    def save(self, directory: str | Path, *, codec_name: str | None = None, fp16: bool = False) -> Path:
+        """Write the generator directory: the LM, and the codec under ``codec/`` unless ``codec_name``
+        names the bundled codec it uses.  ``fp16`` halves the LM's bytes on disk (it loads as fp32)."""
+        if codec_name is not None and codec_name not in bundled_models():
+            raise ValueError(f"codec_name '{codec_name}' is not a bundled model (bundled: {', '.join(bundled_models())})")
+        lm = TokenLM(self.lm.config)
+        lm.load_state_dict(self.lm.state_dict())
+        extra: dict[str, Any] = {"generator_type": GENERATOR_TYPE, "int8_decoding": self.int8,
+                                 "storage": "fp16" if fp16 else "fp32"}
+        if codec_name is not None:
+            extra["codec"] = codec_name
+        directory = save(lm.half() if fp16 else lm, directory, extra=extra)
+        if codec_name is None:
+            save(self.codec, directory / CODEC_DIR)  # type: ignore[arg-type]
         return directory
 
 
 @register_generator(GENERATOR_TYPE)
 def load_token_lm(directory: Path, device: str = "cpu") -> TokenLMGenerator:
     """Load a generator directory; ``int8_decoding`` in its config.json quantises the LM on CPU."""
-    lm = load_model(directory, map_location=device)
-    codec = load_model(Path(directory) / CODEC_DIR, map_location=device)
-    int8 = bool(read_model_config(directory).get("int8_decoding", False)) and torch.device(device).type == "cpu"
+    meta = read_model_config(directory)
+    lm = load_model(directory, map_location=device).float()
+    codec = load_model(meta.get("codec") or Path(directory) / CODEC_DIR, map_location=device)
+    int8 = bool(meta.get("int8_decoding", False)) and torch.device(device).type == "cpu"
     return TokenLMGenerator(lm, codec, int8=int8)  # type: ignore[arg-type]

@@ -186,7 +186,12 @@ def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
         return save(lm, out_dir)
     from tunesmith.lm.generator import TokenLMGenerator
 
-    return TokenLMGenerator(lm, load_model(config.codec)).save(out_dir)  # type: ignore[arg-type]
+    from tunesmith.checkpoint import bundled_models
+
+    # A bundled codec is referenced by name (no second copy); weights are stored in fp16.
+    codec_name = config.codec if config.codec in bundled_models() else None
+    generator = TokenLMGenerator(lm, load_model(config.codec))  # type: ignore[arg-type]
+    return generator.save(out_dir, codec_name=codec_name, fp16=True)
 
 
 __all__ = ["RunConfig", "LMTask", "make_task", "export", "valid_cells"]
