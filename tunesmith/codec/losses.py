@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tunesmith.features import mel_spectrogram, stft_magnitude
+from tunesmith.features import _mel_basis, mel_spectrogram, stft_magnitude
 
 # (n_fft, hop) of the multi-resolution STFT loss (Yamamoto et al. 2020, Parallel WaveGAN).
 STFT_RESOLUTIONS: tuple[tuple[int, int], ...] = ((512, 128), (1024, 256), (2048, 512))
@@ -68,6 +68,23 @@ def harmonic_distance(x: torch.Tensor, y: torch.Tensor, sample_rate: int, n_fft:
     mx = stft_magnitude(x, n_fft, n_fft // 4)[..., :bins, :]
     my = stft_magnitude(y, n_fft, n_fft // 4)[..., :bins, :]
     return (torch.log(mx.clamp_min(1e-5)) - torch.log(my.clamp_min(1e-5))).abs().mean()
+
+
+def magnitude_distances(predicted: torch.Tensor, target: torch.Tensor, sample_rate: int, n_fft: int,
+                        n_mels: int = 100) -> dict[str, torch.Tensor]:
+    """Distances between STFT magnitudes (N, bins, frames) of the same analysis.
+
+    What a Griffin-Lim codec trains on (its phase is retrieved, not learned): ``log``, the
+    L1 of natural-log magnitudes (every bin, so harmonics must land in the right bins);
+    ``convergence``, the spectral convergence (loud bins); ``mel``, the L1 of log-mel
+    magnitudes (the perceptual envelope).
+    """
+    predicted, target = _match(predicted, target)
+    log_l1 = (torch.log(predicted.clamp_min(1e-5)) - torch.log(target.clamp_min(1e-5))).abs().mean()
+    convergence = torch.linalg.vector_norm(target - predicted) / torch.linalg.vector_norm(target).clamp_min(1e-7)
+    basis = _mel_basis(sample_rate, n_fft, n_mels, 0.0, None).to(predicted.device, predicted.dtype)
+    mel = (torch.log((basis @ predicted).clamp_min(1e-5)) - torch.log((basis @ target).clamp_min(1e-5))).abs().mean()
+    return {"log": log_l1, "convergence": convergence, "mel": mel}
 
 
 def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

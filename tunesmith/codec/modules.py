@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tunesmith.codec.spectral import integrated_phase, istft_same, stft_same
+from tunesmith.codec.spectral import griffin_lim, griffin_lim_phase, integrated_phase, istft_same, stft_same
+
+# Spectral parameters per bin that each way of getting the phase needs (see Decoder).
+PHASE_OUTPUTS = {"griffin-lim": 1, "direct": 2, "integrated": 3}
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -155,13 +158,20 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """(B, in_dim, F) latents -> (B, C, F * prod(strides) * hop) audio through an inverse STFT.
 
-    ``phase="direct"`` (default) predicts a log-magnitude and the angle of each frame
-    directly, as Vocos does.  ``phase="integrated"`` predicts per bin a log-magnitude, a
-    frequency deviation from the bin centre (at most ``max_deviation`` bins) and a local
-    angle, and integrates the frequency into the phase (see :func:`integrated_phase`).
-    It is kept for the first shipped codecs; in our measurements it trains far worse:
-    the running sum makes every frame's phase depend on all earlier deviations, and a
-    decoder trained that way never learned where the harmonics are.
+    Three ways to get the phase the inverse STFT needs:
+
+    - ``"griffin-lim"`` (default): the network predicts only the log-magnitude, and the
+      phase is retrieved from it by fast Griffin-Lim (:func:`griffin_lim`).  Training is
+      then a regression on magnitudes, which learns quickly; a held note keeps its exact
+      pitch because the phase comes from the spectrogram's own consistency.
+    - ``"direct"``: a log-magnitude and the angle of each frame, as Vocos does.  A
+      convolutional decoder repeats its output wherever its input repeats, so a held note
+      comes out as a comb at multiples of the frame rate (measured on our first codec).
+    - ``"integrated"``: a log-magnitude, a frequency deviation from the bin centre (at most
+      ``max_deviation`` bins) and a local angle; the phase is the running sum of the
+      frequency (see :func:`integrated_phase`).  It can represent a held note, but trained
+      poorly: it could not overfit four clips (mel distance stuck at 1.09 where the other
+      forms reach 0.35).  Kept so the first shipped codecs still load.
     """
 
     def __init__(
@@ -175,18 +185,19 @@ class Decoder(nn.Module):
         in_dim: int,
         mlp_ratio: float,
         kernel_size: int,
-        phase: str = "direct",
+        phase: str = "griffin-lim",
         max_deviation: float = 4.0,
+        griffin_lim_iters: int = 16,
     ) -> None:
         super().__init__()
         if len(depths) != len(strides) + 1:
             raise ValueError(f"decoder needs one more stage than strides: depths={depths}, strides={strides}")
-        if phase not in ("integrated", "direct"):
-            raise ValueError(f"phase must be 'integrated' or 'direct', got {phase!r}")
+        if phase not in PHASE_OUTPUTS:
+            raise ValueError(f"phase must be one of {', '.join(PHASE_OUTPUTS)}, got {phase!r}")
         self.channels, self.n_fft, self.hop = channels, n_fft, hop
-        self.phase, self.max_deviation = phase, max_deviation
+        self.phase, self.max_deviation, self.griffin_lim_iters = phase, max_deviation, griffin_lim_iters
         self.bins = n_fft // 2 + 1
-        self.outputs = 3 if phase == "integrated" else 2
+        self.outputs = PHASE_OUTPUTS[phase]
         scale = _layer_scale(sum(depths))
         self.embed_weight = nn.Parameter(torch.randn(dim, 1, 1, kernel_size) / kernel_size**0.5)
         self.embed = nn.Linear(in_dim, dim)
@@ -209,9 +220,15 @@ class Decoder(nn.Module):
         h = h.reshape(b, frames, self.channels, self.outputs, self.bins).permute(0, 2, 3, 4, 1)
         return h.reshape(b * self.channels, self.outputs, self.bins, frames)
 
+    def magnitude(self, params: torch.Tensor) -> torch.Tensor:
+        """(B * C, bins, frames) STFT magnitudes: exp of the predicted log-magnitude, clipped against overflow."""
+        return torch.exp(params[:, 0].clamp(max=math.log(1e2)))
+
     def spectrum(self, params: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
         """Spectral parameters -> the complex STFT (B * C, bins, frames) that :meth:`synthesize` inverts."""
-        magnitude = torch.exp(params[:, 0].clamp(max=math.log(1e2)))
+        magnitude = self.magnitude(params)
+        if self.phase == "griffin-lim":  # differentiable in the magnitude, the retrieved phase held fixed
+            return torch.polar(magnitude, griffin_lim_phase(magnitude, self.n_fft, self.hop, self.griffin_lim_iters))
         if self.phase == "integrated":
             deviation = self.max_deviation * torch.tanh(params[:, 1])
             phase, _ = integrated_phase(deviation, params[:, 2], self.n_fft, self.hop, start)
@@ -223,8 +240,11 @@ class Decoder(nn.Module):
         """Spectral parameters -> (B, C, T) audio, and the accumulated phase per frame (integrated only)."""
         # Magnitude as exp(log-magnitude), clipped against overflow; angles stay unbounded and
         # are wrapped by cos/sin: no discontinuity at +-pi for the network to learn.
-        magnitude = torch.exp(params[:, 0].clamp(max=math.log(1e2)))
+        magnitude = self.magnitude(params)
         accumulated = None
+        if self.phase == "griffin-lim":
+            wav = griffin_lim(magnitude, self.n_fft, self.hop, self.griffin_lim_iters)
+            return wav.reshape(-1, self.channels, wav.shape[-1]), None
         if self.phase == "integrated":
             deviation = self.max_deviation * torch.tanh(params[:, 1])
             phase, accumulated = integrated_phase(deviation, params[:, 2], self.n_fft, self.hop, start)

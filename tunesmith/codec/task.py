@@ -24,6 +24,7 @@ from tunesmith.codec.losses import (
     feature_matching_loss,
     generator_adversarial_loss,
     harmonic_distance,
+    magnitude_distances,
     mel_distance,
     phase_derivative_loss,
     stft_distance,
@@ -113,15 +114,40 @@ class CodecTask:
             metrics = {"commitment": float(stats["commitment"].detach()), "restarted": float(stats["restarted"])}
             for k, counts in enumerate(stats["usage"]):
                 metrics[f"perplexity/{k}"] = perplexity(counts)
-            return recon, stats["spectrum"], loss, metrics
+            return recon, stats["magnitude"] if recon is None else stats["spectrum"], loss, metrics
         recon, mean, std, spectrum = codec(wav)
         kl = gaussian_kl(mean.float(), std.float())
         return recon, spectrum, self.loss.kl * kl, {"kl": float(kl.detach()), "latent_std": float(mean.detach().std())}
+
+    def _magnitude_losses(self, raw: nn.Module, magnitude: torch.Tensor, wav: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """A Griffin-Lim codec's reconstruction loss: its magnitudes against the input's, same STFT.
+
+        mel * log-mel L1 + harmonic * log-magnitude L1 (every bin: where the partials sit)
+        + stft * spectral convergence.  No waveform, so no phase retrieval in training.
+        """
+        c = raw.config
+        target = stft_same(raw._prepare(wav).flatten(0, 1), c.n_fft, c.hop).abs()
+        d = magnitude_distances(magnitude, target, c.sample_rate, c.n_fft)
+        total = self.loss.mel * d["mel"] + self.loss.harmonic * d["log"] + self.loss.stft * d["convergence"]
+        return total, {f"magnitude_{k}": float(v.detach()) for k, v in d.items()}
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int) -> Iterator:
         wav = batch["audio"]
         recon, spectrum, bottleneck, metrics = self._bottleneck(modules["codec"], wav)
         raw = unwrap(modules["codec"])
+        if recon is None:  # a Griffin-Lim codec: ``spectrum`` holds its magnitudes
+            reconstruction, more = self._magnitude_losses(raw, spectrum, wav)
+            metrics.update(more)
+            total = reconstruction + bottleneck
+            if step >= self.loss.gan_start_step:
+                from tunesmith.codec.spectral import griffin_lim
+
+                c = raw.config
+                recon = griffin_lim(spectrum, c.n_fft, c.hop, c.griffin_lim_iters).reshape(wav.shape[0], c.channels, -1)[..., : wav.shape[-1]]
+                yield from self._adversarial(modules, wav, recon, total, metrics)
+            else:
+                yield "codec", total, metrics
+            return
         mel = mel_distance(recon, wav, raw.sample_rate)
         stft = stft_distance(recon, wav)
         total = self.loss.mel * mel + self.loss.stft * stft + bottleneck
@@ -137,18 +163,25 @@ class CodecTask:
             total = total + self.loss.phase * (frequency + delay)
             metrics.update(phase_frequency=float(frequency.detach()), phase_delay=float(delay.detach()))
         if step >= self.loss.gan_start_step:
-            outputs_real = modules["discriminator"](wav)
-            outputs_fake = modules["discriminator"](recon.detach())
-            d_loss = discriminator_loss([o[0] for o in outputs_real], [o[0] for o in outputs_fake])
-            yield "discriminator", d_loss, {}
-            disc = unwrap(modules["discriminator"])  # the codec's loss must not wait on D's gradients
-            with torch.no_grad():
-                real_features = [o[1] for o in disc(wav)]
-            fake = disc(recon)
-            adv = generator_adversarial_loss([o[0] for o in fake])
-            fm = feature_matching_loss(real_features, [o[1] for o in fake])
-            total = total + self.loss.adversarial * adv + self.loss.feature_matching * fm
-            metrics.update(adversarial=float(adv.detach()), feature_matching=float(fm.detach()))
+            yield from self._adversarial(modules, wav, recon, total, metrics)
+        else:
+            yield "codec", total, metrics
+
+    def _adversarial(self, modules: dict[str, nn.Module], wav: torch.Tensor, recon: torch.Tensor, total: torch.Tensor,
+                     metrics: dict[str, float]) -> Iterator:
+        """The GAN phase: update the discriminator, then the codec with adversarial + feature-matching terms."""
+        outputs_real = modules["discriminator"](wav)
+        outputs_fake = modules["discriminator"](recon.detach())
+        d_loss = discriminator_loss([o[0] for o in outputs_real], [o[0] for o in outputs_fake])
+        yield "discriminator", d_loss, {}
+        disc = unwrap(modules["discriminator"])  # the codec's loss must not wait on D's gradients
+        with torch.no_grad():
+            real_features = [o[1] for o in disc(wav)]
+        fake = disc(recon)
+        adv = generator_adversarial_loss([o[0] for o in fake])
+        fm = feature_matching_loss(real_features, [o[1] for o in fake])
+        total = total + self.loss.adversarial * adv + self.loss.feature_matching * fm
+        metrics.update(adversarial=float(adv.detach()), feature_matching=float(fm.detach()))
         yield "codec", total, metrics
 
     @torch.no_grad()

@@ -28,6 +28,8 @@ def make_task(config: Any) -> CodecTask:
     """Build the codec (RVQ or VAE, by the type of ``config.model``), discriminator and data."""
     from tunesmith.codec.model import VAECodec, VAEConfig
 
+    if config.loss.phase > 0 and config.model.phase == "griffin-lim":
+        raise ValueError("loss.phase supervises a decoder that predicts the phase; model.phase is 'griffin-lim'")
     model = VAECodec(config.model) if isinstance(config.model, VAEConfig) else RVQCodec(config.model)
     if config.init_from:
         _init_from(model, config.init_from)

@@ -44,7 +44,7 @@ def _small() -> RunConfig:
     return RunConfig(
         model=VAEConfig(dim=256, strides=(2, 2), encoder_depths=(1, 1, 3), decoder_depths=(3, 2, 1), latent_dim=32),
         discriminator=DiscriminatorConfig(stft_channels=16, periods=(2, 3, 5), period_channels=(16, 32, 64)),
-        loss=LossConfig(gan_start_step=4000),
+        loss=LossConfig(gan_start_step=30_000),  # late, as for the RVQ codec (see codec.train)
         data=DataConfig(segment_seconds=1.0),
-        train=_train(100_000, 8, 5e-4, log_every=20, valid_every=500, checkpoint_every=0, checkpoint_minutes=5.0),
+        train=_train(100_000, 8, 5e-4, log_every=20, valid_every=250, checkpoint_every=0, checkpoint_minutes=5.0),
     )
