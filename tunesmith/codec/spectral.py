@@ -93,17 +93,6 @@ def integrated_phase(
     return phase, accumulated
 
 
-def bin_centre_phase(bins: int, frames: int, n_fft: int, hop: int, device: torch.device | None = None) -> torch.Tensor:
-    """(bins, frames) phase of steady sinusoids at every bin centre, as :func:`stft_same` frames see them.
-
-    A coherent, deterministic starting point for phase retrieval: each bin rotates at its
-    own frequency (plus the pi * k alternation of a window centred in its frame).
-    """
-    k = torch.arange(bins, device=device, dtype=torch.float64)[:, None]
-    t = torch.arange(frames, device=device, dtype=torch.float64)[None]
-    return torch.remainder(2 * torch.pi * k * hop * t / n_fft + torch.pi * k, 2 * torch.pi).float()
-
-
 @torch.no_grad()
 def griffin_lim_phase(magnitude: torch.Tensor, n_fft: int, hop: int, iters: int = 16, momentum: float = 0.99) -> torch.Tensor:
     """The phase (N, bins, frames) fast Griffin-Lim retrieves for ``magnitude`` (N, bins, frames).
@@ -111,15 +100,15 @@ def griffin_lim_phase(magnitude: torch.Tensor, n_fft: int, hop: int, iters: int 
     Fast Griffin-Lim (Perraudin, Balazs & Sondergaard 2013): alternate projections between
     spectrograms with the wanted magnitude and consistent spectrograms (those of a signal),
     with a momentum term that speeds convergence.  Measured on corpus clips with their true
-    960-point magnitudes: 16 iterations give mel distance 0.135 and chroma similarity 0.997
-    (a bin-centre phase alone: 0.65 and 0.987), at about 40 ms per second of audio on one core.
-    Deterministic: it starts from :func:`bin_centre_phase`.
+    960-point magnitudes: 16 iterations give mel distance 0.13 and chroma similarity 0.997,
+    at about 40 ms per second of audio on one core.  It starts from zero phase (deterministic):
+    a steady 440 Hz tone, between bins 17 and 18, comes back at 440 Hz, where starting from
+    each bin's own centre frequency locks it onto 450 Hz.
     """
     if magnitude.dim() != 3 or magnitude.shape[1] != n_fft // 2 + 1:
         raise ValueError(f"expected magnitudes of shape (N, {n_fft // 2 + 1}, frames), got {tuple(magnitude.shape)}")
     magnitude = magnitude.detach().float().contiguous()
-    phase = bin_centre_phase(magnitude.shape[1], magnitude.shape[2], n_fft, hop, magnitude.device)
-    spec = torch.polar(magnitude, phase.expand_as(magnitude).contiguous())
+    spec = magnitude.to(torch.complex64)
     previous = None
     for _ in range(iters):
         consistent = stft_same(istft_same(spec, n_fft, hop), n_fft, hop)
