@@ -194,3 +194,17 @@ def test_griffin_lim_decoder_is_differentiable_in_the_magnitude():
     wav, _ = codec.decoder.synthesize(params)
     wav.square().sum().backward()
     assert codec.decoder.head.weight.grad is not None and codec.decoder.head.weight.grad.abs().sum() > 0
+
+
+def test_linear_path_is_the_whole_codec_at_initialisation():
+    """The convolutional stacks start at zero, so training starts from a linear spectral autoencoder."""
+    codec = tiny_rvq()
+    assert codec.config.uses_linear_path and not tiny_rvq(phase="direct").config.uses_linear_path
+    wav = clip(1.0)
+    features = codec.encoder.features(wav)  # (1, 100 frames, 481)
+    pairs = features.reshape(1, 50, 2 * 481)
+    assert torch.allclose(codec.encoder(wav).transpose(1, 2), codec.encoder.linear(pairs), atol=1e-5)
+    z = torch.randn(1, codec.config.latent_dim, 50)
+    log_magnitude = codec.decoder.frame_params(z)[:, 0]  # (1, 481, 100)
+    expected = codec.decoder.linear(z.transpose(1, 2)).reshape(1, 100, 481).transpose(1, 2)
+    assert torch.allclose(log_magnitude, expected, atol=1e-5)

@@ -125,6 +125,7 @@ class Encoder(nn.Module):
         out_dim: int,
         mlp_ratio: float,
         kernel_size: int,
+        linear_path: bool = True,
     ) -> None:
         super().__init__()
         if len(depths) != len(strides) + 1:
@@ -138,6 +139,13 @@ class Encoder(nn.Module):
         self.downsamples = nn.ModuleList(Downsample(dim, s) for s in strides)
         self.out_norm = nn.LayerNorm(dim, eps=1e-6)
         self.out = nn.Linear(dim, out_dim)
+        self.frames_per_latent = math.prod(strides)
+        # The linear path: each latent frame is a learned linear transform of the log spectra
+        # it covers (a learned KLT), and the convolutional stack, zero at start, refines it.
+        self.linear = nn.Linear(self.frames_per_latent * channels * bins, out_dim) if linear_path else None
+        if self.linear is not None:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def features(self, wav: torch.Tensor) -> torch.Tensor:
         """Log-magnitude spectrogram of every channel, stacked per frame: (B, T / hop, C * bins)."""
@@ -147,12 +155,17 @@ class Encoder(nn.Module):
         return logmag.reshape(b, c * logmag.shape[1], logmag.shape[2]).transpose(1, 2)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        x = self.embed_norm(self.embed(self.features(wav)))
+        features = self.features(wav)
+        x = self.embed_norm(self.embed(features))
         for i, stage in enumerate(self.stages):
             if i > 0:
                 x = self.downsamples[i - 1](x)
             x = stage(x)
-        return self.out(self.out_norm(x)).transpose(1, 2)
+        out = self.out(self.out_norm(x))
+        if self.linear is not None:
+            b, f, d = features.shape
+            out = out + self.linear(features.reshape(b, f // self.frames_per_latent, self.frames_per_latent * d))
+        return out.transpose(1, 2)
 
 
 class Decoder(nn.Module):
@@ -188,6 +201,7 @@ class Decoder(nn.Module):
         phase: str = "griffin-lim",
         max_deviation: float = 4.0,
         griffin_lim_iters: int = 16,
+        linear_path: bool = True,
     ) -> None:
         super().__init__()
         if len(depths) != len(strides) + 1:
@@ -206,6 +220,13 @@ class Decoder(nn.Module):
         self.upsamples = nn.ModuleList(Upsample(dim, s) for s in reversed(strides))
         self.out_norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, channels * self.outputs * self.bins)
+        self.frames_per_latent = math.prod(strides)
+        # The linear path (see Encoder): log-magnitudes as a linear function of each latent
+        # frame, refined by the convolutional stack, whose head starts at zero.
+        self.linear = nn.Linear(in_dim, self.frames_per_latent * channels * self.bins) if linear_path else None
+        if self.linear is not None:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def frame_params(self, z: torch.Tensor) -> torch.Tensor:
         """The network part: latents -> (B * C, outputs, bins, STFT frames) spectral parameters."""
@@ -217,7 +238,11 @@ class Decoder(nn.Module):
             x = stage(x)
         h = self.head(self.out_norm(x)).float()  # the iSTFT runs in fp32 even under autocast
         b, frames, _ = h.shape
-        h = h.reshape(b, frames, self.channels, self.outputs, self.bins).permute(0, 2, 3, 4, 1)
+        h = h.reshape(b, frames, self.channels, self.outputs, self.bins)
+        if self.linear is not None:  # (B, latent frames, frames_per_latent * C * bins) -> the log-magnitudes
+            lin = self.linear(z.transpose(1, 2)).float().reshape(b, frames, self.channels, 1, self.bins)
+            h = torch.cat([h[:, :, :, :1] + lin, h[:, :, :, 1:]], dim=3)
+        h = h.permute(0, 2, 3, 4, 1)
         return h.reshape(b * self.channels, self.outputs, self.bins, frames)
 
     def magnitude(self, params: torch.Tensor) -> torch.Tensor:
