@@ -5,7 +5,7 @@ size, and decode the same number of delay-pattern steps with top-k 250 sampling
 and classifier-free guidance 3 (the conditional and unconditional rows in one
 batch), from the same text states.  Two sizes:
 
-- ``bundled``: our ``small`` preset (dim 384, 6 layers, 6 heads, 4 x 1024 codes);
+- ``bundled``: our ``small`` preset (dim 256, 6 layers, 4 heads, 4 x 1024 codes);
 - ``musicgen-small``: dim 1024, 24 layers, 16 heads, FFN 4096, 4 x 2048 codes.
 
 Reported per size and setting (batch 1 with CFG; batch 8 with CFG): decode steps per
@@ -42,7 +42,7 @@ from tunesmith.lm.quantize import linear_weight_bytes, quantize_int8
 from tunesmith.lm.sampling import apply_cfg
 
 SIZES: dict[str, dict[str, int]] = {
-    "bundled": dict(dim=384, layers=6, heads=6, ffn=1536, codebooks=4, codes=1024),
+    "bundled": dict(dim=256, layers=6, heads=4, ffn=1024, codebooks=4, codes=1024),
     "musicgen-small": dict(dim=1024, layers=24, heads=16, ffn=4096, codebooks=4, codes=2048),
 }
 TEXT_TOKENS, TEXT_DIM, FRAME_RATE, CFG, TOP_K = 12, 384, 50.0, 3.0, 250

@@ -67,7 +67,7 @@ def test_cli_resolves_the_presets():
     from tunesmith.train.cli import resolve_config
 
     _, config = resolve_config("lm", "small", None, ["train.steps=5"], "runs/x")
-    assert config.train.steps == 5 and config.train.out_dir == "runs/x" and config.model.dim == 384
+    assert config.train.steps == 5 and config.train.out_dir == "runs/x" and config.model.dim == 256
     _, big = resolve_config("lm", "musicgen-small", None, [], None)
     assert big.model.dim == 1024 and big.model.backbone_config["num_layers"] == 24
 

@@ -218,7 +218,7 @@ def matched_options(dim: int, target_params: int, mlp_multiple: int = 16, **base
 #: tests/test_ssm_presets.py checks the match).
 PRESETS: dict[str, dict] = {
     "tiny": {"n_layers": 2, "d_state": 16, "head_dim": 32, "mlp_hidden": 304},
-    "small": {"n_layers": 7, "d_state": 64, "head_dim": 64, "mlp_hidden": 1376},
+    "small": {"n_layers": 7, "d_state": 64, "head_dim": 64, "mlp_hidden": 896},
     "musicgen-small": {"n_layers": 27, "d_state": 64, "head_dim": 64, "mlp_hidden": 4096},
 }
 
