@@ -38,7 +38,9 @@ class NetConfig:
     # How the decoder gets its phase (see modules.Decoder): retrieved from the predicted
     # magnitude by fast Griffin-Lim, predicted per frame (Vocos), or integrated frequency.
     phase: Literal["griffin-lim", "direct", "integrated"] = "griffin-lim"
-    griffin_lim_iters: int = 16
+    # 8 iterations: on corpus clips through the codec, mel distance 0.463 / chroma 0.893 against
+    # 0.460 / 0.900 with 16, at two thirds of the decoding time.
+    griffin_lim_iters: int = 8
     # A linear path beside the convolutional stacks (modules.Encoder), for the Griffin-Lim
     # decoder: measured, a per-frame linear autoencoder reached mel distance 0.33 in 1,500
     # steps where the stacks alone were at 1.0 after 2,000 (same loss, data and latent size).

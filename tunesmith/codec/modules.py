@@ -200,7 +200,7 @@ class Decoder(nn.Module):
         kernel_size: int,
         phase: str = "griffin-lim",
         max_deviation: float = 4.0,
-        griffin_lim_iters: int = 16,
+        griffin_lim_iters: int = 8,
         linear_path: bool = True,
     ) -> None:
         super().__init__()
