@@ -191,3 +191,28 @@ def test_unconditional_generation_drops_the_prompts(tmp_path, capsys):
     err = _eval_error(["eval", "--score-references", "--unconditional", "--prompts", "x.jsonl",
                        "--out", str(tmp_path / "o")], capsys)
     assert "--unconditional needs a model" in err
+
+
+def test_references_through_a_codec_are_its_round_trip(tmp_path, capsys):
+    from tunesmith.audio import save_audio
+    from tunesmith.codec import RVQCodec, RVQCodecConfig
+    from tunesmith.eval.evaluate import reference_items
+    from tunesmith.eval.prompts import PromptSpec
+
+    torch.manual_seed(0)
+    codec = RVQCodec(RVQCodecConfig(dim=32, encoder_depths=(1, 1), decoder_depths=(1, 1), latent_dim=16,
+                                    num_codebooks=3, codebook_size=32, codebook_dim=4)).eval()
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    wav = torch.from_numpy(P.synthesize(P.tune_notes(Key(0, "major"), 100), SR, 2.0)).float()[None]
+    save_audio(ref_dir / "a.wav", wav, SR)
+    spec = PromptSpec(id="a", prompt="a tune", duration=2.0, seed=0)  # paired by id: ref/a.wav
+    plain = reference_items([spec], ref_dir, tmp_path / "plain")[0]["wav"]
+    through = reference_items([spec], ref_dir, tmp_path / "codec", codec, num_codebooks=2)[0]["wav"]
+    with torch.inference_mode():
+        expected = codec.decode(codec.encode(plain[None], 2))[0, :, : plain.shape[-1]].clamp(-1, 1)
+    assert through.shape == plain.shape and not torch.allclose(through, plain)
+    assert torch.allclose(through, expected, atol=1e-3)
+    err = _eval_error(["eval", "--model", "x", "--through-codec", "codec-24k", "--prompts", "p.jsonl",
+                       "--out", str(tmp_path / "o")], capsys)
+    assert "--through-codec goes with --score-references" in err

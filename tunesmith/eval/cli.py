@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--self-check", action="store_true", help="measure the signal metrics on probe signals with known answers")
     p.add_argument("--unconditional", action="store_true",
                    help="generate with the prompts dropped (the baseline that shows what conditioning adds)")
+    p.add_argument("--through-codec", metavar="CODEC",
+                   help="with --score-references: score the references after a round trip through this codec "
+                        "(the codec-reconstruction floor)")
+    p.add_argument("--codebooks", type=int, default=None, help="with --through-codec: RVQ stages to keep")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.unconditional and args.score_references:
         raise UserError("--unconditional needs a model; references are not generated")
+    if args.through_codec and not args.score_references:
+        raise UserError("--through-codec goes with --score-references (it round-trips the references)")
     needed = [("--prompts", args.prompts), ("--out", args.out)]
     needed.append(("--reference", args.reference) if args.score_references else ("--model", args.model))
     missing = [flag for flag, value in needed if not value]
@@ -97,10 +103,12 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(
         reference_dir=reference, clap=args.clap, train_manifest=Path(args.train_manifest) if args.train_manifest else None,
         memorization_clips=args.memorization_clips, seed=args.seed, progress=not args.no_progress,
-        unconditional=args.unconditional,
+        unconditional=args.unconditional, through_codec=args.through_codec, codec_codebooks=args.codebooks,
     )
     out = Path(args.out)
     name = "references" if generator is None else str(args.model)
+    if args.through_codec:
+        name = f"references through {args.through_codec}"
     try:
         results = evaluate(generator, specs, out, options, model_name=name)
     except AudioError as err:

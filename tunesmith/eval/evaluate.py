@@ -48,6 +48,10 @@ class EvalOptions:
     # Generate with every condition dropped (the CFG null prompt): the baseline that shows
     # what the text conditioning adds (issue 9 asks for FAD conditional vs unconditional).
     unconditional: bool = False
+    # Score the references after a round trip through this codec (name or directory):
+    # the codec-reconstruction floor that issue 9 asks to report beside a generator's FAD.
+    through_codec: str | None = None
+    codec_codebooks: int | None = None
 
 
 def _tqdm(iterable, progress: bool, **kwargs):
@@ -96,13 +100,21 @@ def generate_all(generator, specs: list[PromptSpec], audio_dir: Path, progress: 
     return items
 
 
-def reference_items(specs: list[PromptSpec], reference_dir: Path | None, audio_dir: Path) -> list[dict[str, Any]]:
-    """The reference clips in place of generated audio (copied to ``audio_dir``; no timing)."""
+def reference_items(specs: list[PromptSpec], reference_dir: Path | None, audio_dir: Path,
+                    through_codec: Any = None, num_codebooks: int | None = None) -> list[dict[str, Any]]:
+    """The reference clips in place of generated audio (copied to ``audio_dir``; no timing).
+
+    With ``through_codec`` (a codec model) each clip is encoded and decoded first: what a
+    generator that produced the references' own tokens or latents would score, the floor
+    of every generator built on that codec.  ``num_codebooks`` limits an RVQ codec's stages.
+    """
     audio_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for spec in specs:
         audio = load_audio(_reference_audio(spec, reference_dir))
         samples = audio.samples[:, : int(round(spec.duration * audio.sample_rate))]
+        if through_codec is not None:
+            samples = _round_trip(through_codec, samples, audio.sample_rate, num_codebooks)
         path = save_audio(audio_dir / f"{spec.id}.wav", samples, audio.sample_rate)
         items.append({
             "id": spec.id, "prompt": spec.prompt, "audio": str(path.relative_to(audio_dir.parent)), "wav": samples,
@@ -110,6 +122,20 @@ def reference_items(specs: list[PromptSpec], reference_dir: Path | None, audio_d
             "seconds": None, "rtf": None,
         })
     return items
+
+
+def _round_trip(codec: Any, samples: torch.Tensor, sample_rate: int, num_codebooks: int | None) -> torch.Tensor:
+    from tunesmith.audio import resample, to_channels
+
+    wav = to_channels(samples[None], codec.channels)
+    if sample_rate != codec.sample_rate:
+        wav = resample(wav, sample_rate, codec.sample_rate)
+    with torch.inference_mode():
+        codes = codec.encode_long(wav, num_codebooks) if num_codebooks else codec.encode_long(wav)
+        out = codec.decode_long(codes)[..., : wav.shape[-1]]
+    if sample_rate != codec.sample_rate:
+        out = resample(out, codec.sample_rate, sample_rate)
+    return out[0, :, : samples.shape[-1]].clamp(-1, 1)
 
 
 def _safely(fn, *args, **kwargs):
@@ -191,7 +217,12 @@ def evaluate(generator, specs: list[PromptSpec], out_dir: Path, options: EvalOpt
         missing = [s.id for s in specs if _reference_audio(s, options.reference_dir) is None]
         if missing:
             raise AudioError(f"no reference audio for prompt(s) {', '.join(missing[:5])}")
-        items = reference_items(specs, options.reference_dir, out_dir / "audio")
+        codec = None
+        if options.through_codec:
+            from tunesmith.checkpoint import load_model
+
+            codec = load_model(options.through_codec)
+        items = reference_items(specs, options.reference_dir, out_dir / "audio", codec, options.codec_codebooks)
     else:
         items = generate_all(generator, specs, out_dir / "audio", options.progress, options.unconditional)
     rows = []
@@ -211,6 +242,8 @@ def evaluate(generator, specs: list[PromptSpec], out_dir: Path, options: EvalOpt
     gen_clips = [(it["wav"].mean(0), it["sample_rate"]) for it in items]
     results: dict[str, Any] = {"model": model_name, "prompts": len(specs), "sample_rate": sr, "notes": notes,
                                "unconditional": options.unconditional}
+    if options.through_codec:
+        results["through_codec"] = {"codec": options.through_codec, "num_codebooks": options.codec_codebooks}
     if references:
         ref_clips = [(a.samples[0], a.sample_rate) for a in references.values()]
         results["fad_mel_stats"] = _fad(_mel_embeddings(gen_clips), _mel_embeddings(ref_clips), options.fad_rounds, options.seed)
