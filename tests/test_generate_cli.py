@@ -34,3 +34,38 @@ def test_unwritable_output_and_bad_prompt_file(capsys, tmp_path):
     assert "has no prompts" in capsys.readouterr().err
     assert main(["generate", "--prompts", str(tmp_path / "nope.txt")]) == 2
     assert "prompt file not found" in capsys.readouterr().err
+
+
+def test_the_bundled_default_model_makes_music_offline(tmp_path, capsys, monkeypatch):
+    """The first-run experience: the default model, no network, a .wav and its sidecar."""
+    import json
+
+    import torch
+
+    import tunesmith
+    from tunesmith.audio import load_audio
+    from tunesmith.generate_cli import DEFAULT_MODEL
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    out = tmp_path / "waltz.wav"
+    assert main(["generate", "a gentle waltz for strings in D major", "--duration", "1.5", "--seed", "3",
+                 "-o", str(out), "--no-progress"]) == 0
+    audio = load_audio(out)
+    assert audio.sample_rate == 24000 and audio.samples.shape[-1] == 36000
+    assert audio.samples.abs().max() > 1e-3  # not silence
+    meta = json.loads(out.with_suffix(".wav.json").read_text())
+    assert meta["prompt"] == "a gentle waltz for strings in D major" and meta["seed"] == 3 and meta["model"] == DEFAULT_MODEL
+    # the Python API gives the same audio for the same seed
+    gen = tunesmith.load(DEFAULT_MODEL)
+    again = gen.generate("a gentle waltz for strings in D major", duration=1.5, seed=3)
+    assert torch.allclose(again.samples[0], audio.samples, atol=1e-4)  # the file is 16-bit PCM
+    # a control the model does not take is a one-line error and leaves no file
+    melody = tmp_path / "m.wav"
+    from tunesmith.audio import save_audio
+
+    save_audio(melody, 0.3 * torch.sin(torch.arange(24000) / 24000 * 2 * torch.pi * 440)[None], 24000)
+    capsys.readouterr()
+    assert main(["generate", "a waltz", "--melody", str(melody), "-o", str(tmp_path / "m_out.wav"), "--no-progress"]) == 2
+    assert "not melody-conditioned" in capsys.readouterr().err
+    assert not (tmp_path / "m_out.wav").exists()

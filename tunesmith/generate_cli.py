@@ -128,8 +128,11 @@ def run(args: argparse.Namespace) -> int:
 
     for i, (prompt, path) in enumerate(zip(prompts, paths)):
         start = time.perf_counter()
-        audio = generator.generate([prompt], args.duration, seed=args.seed + i,
-                                   progress=not args.no_progress, **controls)
+        try:
+            audio = generator.generate([prompt], args.duration, seed=args.seed + i,
+                                       progress=not args.no_progress, **controls)
+        except ValueError as err:  # a control this model does not take (e.g. --melody on a text-only model)
+            raise UserError(str(err)) from None
         seconds = time.perf_counter() - start
         sidecar = {
             "prompt": prompt,
