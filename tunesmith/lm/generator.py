@@ -187,18 +187,23 @@ class TokenLMGenerator:
         """
         return 1 if self.device.type == "cpu" and self.lm.config.dim <= 512 else None
 
-    def save(self, directory: str | Path, *, codec_name: str | None = None, fp16: bool = False) -> Path:
+    def save(self, directory: str | Path, *, codec_name: str | None = None, fp16: bool = False,
+             extra: dict[str, Any] | None = None) -> Path:
         """Write the generator directory: the LM, and the codec under ``codec/`` unless ``codec_name``
-        names the bundled codec it uses.  ``fp16`` halves the LM's bytes on disk (it loads as fp32)."""
+        names the bundled codec it uses.  ``fp16`` halves the LM's bytes on disk (it loads as fp32);
+        ``extra`` adds entries to config.json (e.g. where the weights were trained)."""
         if codec_name is not None and codec_name not in bundled_models():
             raise ValueError(f"codec_name '{codec_name}' is not a bundled model (bundled: {', '.join(bundled_models())})")
-        lm = TokenLM(self.lm.config)
-        lm.load_state_dict(self.lm.state_dict())
-        extra: dict[str, Any] = {"generator_type": GENERATOR_TYPE, "int8_decoding": self.int8,
-                                 "storage": "fp16" if fp16 else "fp32"}
+        lm = self.lm
+        if fp16:  # a half copy: the live model stays fp32
+            lm = TokenLM(self.lm.config)
+            lm.load_state_dict(self.lm.state_dict())
+            lm = lm.half()
+        meta: dict[str, Any] = {**(extra or {}), "generator_type": GENERATOR_TYPE, "int8_decoding": self.int8,
+                                "storage": "fp16" if fp16 else "fp32"}
         if codec_name is not None:
-            extra["codec"] = codec_name
-        directory = save(lm.half() if fp16 else lm, directory, extra=extra)
+            meta["codec"] = codec_name
+        directory = save(lm, directory, extra=meta)
         if codec_name is None:
             save(self.codec, directory / CODEC_DIR)  # type: ignore[arg-type]
         return directory

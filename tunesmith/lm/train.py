@@ -186,31 +186,16 @@ def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
     lm = TokenLM(config.model)
     lm.load_state_dict(trainer.ema_state_dict("lm"))
     lm.eval()
+    training = {"training": {"step": trainer.step, "run_dir": str(trainer.out_dir)}}
     if not config.codec:
-        path = save(lm, out_dir)
-        _record_training(path, trainer)
-        return path
+        return save(lm, out_dir, extra=training)
     from tunesmith.lm.generator import TokenLMGenerator
-
     from tunesmith.checkpoint import bundled_models
 
     # A bundled codec is referenced by name (no second copy); weights are stored in fp16.
     codec_name = config.codec if config.codec in bundled_models() else None
     generator = TokenLMGenerator(lm, load_model(config.codec))  # type: ignore[arg-type]
-    path = generator.save(out_dir, codec_name=codec_name, fp16=True)
-    _record_training(path, trainer)
-    return path
-
-
-def _record_training(directory: Path, trainer: Any) -> None:
-    """Note in config.json which step of which run the weights come from."""
-    import json
-
-    from tunesmith.checkpoint import atomic_write_text
-
-    meta = json.loads((directory / "config.json").read_text())
-    meta["training"] = {"step": trainer.step, "run_dir": str(trainer.out_dir)}
-    atomic_write_text(directory / "config.json", json.dumps(meta, indent=2) + "\n")
+    return generator.save(out_dir, codec_name=codec_name, fp16=True, extra=training)
 
 
 __all__ = ["RunConfig", "LMTask", "make_task", "export", "valid_cells"]
