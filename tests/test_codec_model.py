@@ -37,6 +37,29 @@ def test_stft_same_is_exactly_invertible():
         stft_same(torch.randn(1, 1000), 960, 240)
 
 
+def test_overlap_add_equals_fold_and_is_differentiable():
+    from tunesmith.codec.spectral import _overlap_add
+
+    frames = torch.randn(2, 7, 960, requires_grad=True)
+    ours = _overlap_add(frames, 240)
+    folded = torch.nn.functional.fold(frames.transpose(1, 2), output_size=(1, 6 * 240 + 960), kernel_size=(1, 960),
+                                      stride=(1, 240))[:, 0, 0]
+    assert ours.shape == (2, 6 * 240 + 960)
+    assert torch.allclose(ours, folded, atol=1e-5)
+    ours.square().sum().backward()
+    assert frames.grad is not None and torch.isfinite(frames.grad).all() and frames.grad.abs().sum() > 0
+
+
+def test_griffin_lim_keeps_a_consistent_spectrogram_consistent():
+    from tunesmith.codec.spectral import griffin_lim
+
+    x = clip(1.0)[:, 0]
+    magnitude = stft_same(x, 960, 240).abs()
+    y = griffin_lim(magnitude, 960, 240, iters=16)
+    error = (stft_same(y, 960, 240).abs() - magnitude).norm() / magnitude.norm()
+    assert y.shape == x.shape and error < 0.2
+
+
 def test_rvq_shapes_and_frame_rate():
     codec = tiny_rvq()
     assert codec.frame_rate == 50.0 and codec.bitrate() == 50 * 4 * 5

@@ -30,27 +30,49 @@ def stft_same(wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     return torch.stft(padded, n_fft, hop, window=window, center=False, return_complex=True)
 
 
+def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """Sum (B, F, n_fft) frames placed every ``hop`` samples -> (B, (F - 1) * hop + n_fft).
+
+    With n_fft a multiple of hop, each frame is R = n_fft / hop blocks of hop samples and
+    block r of frame f lands on output block f + r: R shifted additions of contiguous
+    slices, about 3x faster on CPU than ``F.fold`` (col2im), and differentiable.
+    """
+    batch, count, n_fft = frames.shape
+    blocks = n_fft // hop
+    parts = frames.reshape(batch, count, blocks, hop)
+    out = frames.new_zeros(batch, count + blocks - 1, hop)
+    for r in range(blocks):
+        out[:, r : r + count] += parts[:, :, r]
+    return out.reshape(batch, -1)
+
+
+def _inverse_envelope(n_fft: int, hop: int, frames: int, window: torch.Tensor) -> torch.Tensor:
+    """1 / (summed squared window) over the trimmed output: the least-squares OLA normaliser."""
+    pad = (n_fft - hop) // 2
+    envelope = _overlap_add(window.square().expand(1, frames, n_fft), hop)[0]
+    return 1.0 / envelope[pad : envelope.shape[0] - pad].clamp_min(1e-8)
+
+
+def _frames_to_audio(frames: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, inverse_envelope: torch.Tensor) -> torch.Tensor:
+    """Windowed time-domain frames (B, F, n_fft) -> (B, F * hop) audio (the "same" trim)."""
+    pad = (n_fft - hop) // 2
+    signal = _overlap_add(frames * window, hop)
+    return signal[:, pad : signal.shape[1] - pad] * inverse_envelope
+
+
 def istft_same(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     """Inverse of :func:`stft_same`: (B, n_fft // 2 + 1, F) complex -> (B, F * hop) audio.
 
     Windowed overlap-add normalised by the summed squared window (the least-squares
-    inverse, Griffin & Lim 1984).  Written with ``irfft`` + ``fold`` rather than
-    ``torch.istft`` because the latter insists on ``center`` padding.
+    inverse, Griffin & Lim 1984).  Written with ``irfft`` and our own overlap-add rather
+    than ``torch.istft``, which insists on ``center`` padding.
     """
     _check(n_fft, hop)
-    frames = spec.shape[-1]
+    if n_fft % hop:
+        raise ValueError(f"n_fft must be a multiple of the hop, got n_fft={n_fft}, hop={hop}")
     window = torch.hann_window(n_fft, device=spec.device, dtype=spec.real.dtype)
-    chunks = torch.fft.irfft(spec, n=n_fft, dim=1, norm="backward") * window[None, :, None]
-    length = (frames - 1) * hop + n_fft
-    signal = F.fold(chunks, output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop))[:, 0, 0]
-    envelope = F.fold(
-        window.square()[None, :, None].expand(1, n_fft, frames),
-        output_size=(1, length),
-        kernel_size=(1, n_fft),
-        stride=(1, hop),
-    )[0, 0, 0]
-    pad = (n_fft - hop) // 2
-    return signal[:, pad : length - pad] / envelope[pad : length - pad].clamp_min(1e-8)
+    frames = torch.fft.irfft(spec.transpose(1, 2), n=n_fft, dim=-1, norm="backward")
+    return _frames_to_audio(frames, n_fft, hop, window, _inverse_envelope(n_fft, hop, spec.shape[-1], window))
 
 
 def bin_advance(n_fft: int, hop: int, device: torch.device | None = None) -> torch.Tensor:
@@ -107,16 +129,30 @@ def griffin_lim_phase(magnitude: torch.Tensor, n_fft: int, hop: int, iters: int 
     """
     if magnitude.dim() != 3 or magnitude.shape[1] != n_fft // 2 + 1:
         raise ValueError(f"expected magnitudes of shape (N, {n_fft // 2 + 1}, frames), got {tuple(magnitude.shape)}")
-    magnitude = magnitude.detach().float().contiguous()
-    spec = magnitude.to(torch.complex64)
+    _check(n_fft, hop)
+    # Frame-major (N, frames, bins) throughout, so every FFT runs over contiguous rows, and
+    # the complex arithmetic on real views (torch's complex kernels are not vectorised on
+    # CPU): about 3x faster than going through stft_same / istft_same.
+    wanted = magnitude.detach().float().transpose(1, 2).contiguous()
+    window = torch.hann_window(n_fft, device=wanted.device)
+    inverse_envelope = _inverse_envelope(n_fft, hop, wanted.shape[1], window)
+    pad = (n_fft - hop) // 2
+    spec = wanted.to(torch.complex64)
     previous = None
     for _ in range(iters):
-        consistent = stft_same(istft_same(spec, n_fft, hop), n_fft, hop)
-        accelerated = consistent if previous is None else consistent + momentum * (consistent - previous)
+        audio = _frames_to_audio(torch.fft.irfft(spec, n=n_fft, dim=-1), n_fft, hop, window, inverse_envelope)
+        padded = F.pad(audio[:, None], (pad, pad), mode="reflect")[:, 0]
+        consistent = torch.view_as_real(torch.fft.rfft(padded.unfold(-1, n_fft, hop) * window, dim=-1))
+        if previous is None:
+            accelerated = consistent.clone()
+        else:
+            accelerated = torch.sub(consistent, previous).mul_(momentum).add_(consistent)
         previous = consistent
-        # the wanted magnitude with the accelerated estimate's phase (a division, not angle+polar: 2x faster)
-        spec = accelerated * (magnitude / accelerated.abs().clamp_min(1e-8))
-    return torch.angle(spec)
+        # the wanted magnitude with the accelerated estimate's phase (a scaling, not angle + polar)
+        power = accelerated[..., 0].square() + accelerated[..., 1].square()
+        accelerated.mul_((wanted * torch.rsqrt(power.clamp_min_(1e-16))).unsqueeze(-1))
+        spec = torch.view_as_complex(accelerated)
+    return torch.angle(spec).transpose(1, 2)
 
 
 def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, iters: int = 16, momentum: float = 0.99) -> torch.Tensor:
