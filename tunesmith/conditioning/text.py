@@ -196,7 +196,20 @@ _ENCODERS_LOCK = threading.Lock()
 
 
 def get_text_encoder(name: str = "minilm", device: str = "cpu") -> TextEncoder:
-    """A shared encoder by name: ``minilm`` (default, offline) or ``t5:<name-or-path>``."""
+    """A shared encoder by name: ``minilm`` (default, offline) or ``t5:<name-or-path>``.
+
+    A ``+attributes`` suffix (``minilm+attributes``) adds the tempo and key tokens of
+    :mod:`tunesmith.conditioning.attributes` in front of the base encoder's states.
+    """
+    if name.endswith("+attributes"):
+        from tunesmith.conditioning.attributes import AttributeTextEncoder
+
+        base = get_text_encoder(name[: -len("+attributes")], device)
+        key = (name, str(device))
+        with _ENCODERS_LOCK:
+            if key not in _ENCODERS:
+                _ENCODERS[key] = AttributeTextEncoder(base)
+            return _ENCODERS[key]
     key = (name, str(device))
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
@@ -207,5 +220,5 @@ def get_text_encoder(name: str = "minilm", device: str = "cpu") -> TextEncoder:
             elif name == "t5":
                 _ENCODERS[key] = T5TextEncoder("t5-base", device)
             else:
-                raise ValueError(f"unknown text encoder '{name}' (known: minilm, t5, t5:<name-or-path>)")
+                raise ValueError(f"unknown text encoder '{name}' (known: minilm, t5, t5:<name-or-path>, each optionally +attributes)")
         return _ENCODERS[key]
