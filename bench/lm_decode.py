@@ -183,14 +183,13 @@ def quant_quality(fp32: TokenLM, int8: torch.nn.Module, steps: int,
 def validation_loss(model: TokenLM, data_dir: str, segment_frames: int = 500, batch_size: int = 8) -> float:
     """Mean teacher-forced cross-entropy (text-conditioned, no dropout) over a token cache's valid split.
 
-    The same loss training validates with (``LMTask._loss``), over the first window of every
+    The same loss training validates with (``tunesmith.lm.train.window_loss``), over the first window of every
     validation clip, so fp32 and int8 weights are compared on identical batches.
     """
     from tunesmith.conditioning.text import get_text_encoder
     from tunesmith.data.cache import FrameCache
     from tunesmith.lm.data import TokenWindows, collate_windows, encode_captions
-    from tunesmith.lm.model import token_loss
-    from tunesmith.lm.train import valid_cells
+    from tunesmith.lm.train import window_loss
 
     c = model.config
     cache = FrameCache(data_dir, "valid")
@@ -199,10 +198,7 @@ def validation_loss(model: TokenLM, data_dir: str, segment_frames: int = 500, ba
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         batch = collate_windows([windows[i] for i in range(start, min(len(windows), start + batch_size))])
-        table = layout(c.pattern, c.num_codebooks, batch["tokens"].shape[-1])
-        steps = to_sequence(batch["tokens"], table, fill=c.special_token)
-        loss, _ = token_loss(model(steps, Conditioning(batch["text"], batch["text_mask"])), steps,
-                             valid_cells(table, batch["length"]))
+        loss, _ = window_loss(model, c, batch)
         total, count = total + float(loss) * len(batch["length"]), count + len(batch["length"])
     return total / count
 

@@ -27,6 +27,7 @@ def stft_same(wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     pad = (n_fft - hop) // 2
     padded = F.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]
     window = torch.hann_window(n_fft, device=wav.device, dtype=wav.dtype)
+    # torch returns a transposed view of frame-major memory: .transpose(1, 2) of this is free
     return torch.stft(padded, n_fft, hop, window=window, center=False, return_complex=True)
 
 
@@ -38,6 +39,8 @@ def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
     slices, about 3x faster on CPU than ``F.fold`` (col2im), and differentiable.
     """
     batch, count, n_fft = frames.shape
+    if n_fft % hop:
+        raise ValueError(f"n_fft must be a multiple of the hop, got n_fft={n_fft}, hop={hop}")
     blocks = n_fft // hop
     parts = frames.reshape(batch, count, blocks, hop)
     out = frames.new_zeros(batch, count + blocks - 1, hop)
@@ -68,8 +71,6 @@ def istft_same(spec: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     than ``torch.istft``, which insists on ``center`` padding.
     """
     _check(n_fft, hop)
-    if n_fft % hop:
-        raise ValueError(f"n_fft must be a multiple of the hop, got n_fft={n_fft}, hop={hop}")
     window = torch.hann_window(n_fft, device=spec.device, dtype=spec.real.dtype)
     frames = torch.fft.irfft(spec.transpose(1, 2), n=n_fft, dim=-1, norm="backward")
     return _frames_to_audio(frames, n_fft, hop, window, _inverse_envelope(n_fft, hop, spec.shape[-1], window))
@@ -136,13 +137,11 @@ def griffin_lim_phase(magnitude: torch.Tensor, n_fft: int, hop: int, iters: int 
     wanted = magnitude.detach().float().transpose(1, 2).contiguous()
     window = torch.hann_window(n_fft, device=wanted.device)
     inverse_envelope = _inverse_envelope(n_fft, hop, wanted.shape[1], window)
-    pad = (n_fft - hop) // 2
     spec = wanted.to(torch.complex64)
     previous = None
     for _ in range(iters):
         audio = _frames_to_audio(torch.fft.irfft(spec, n=n_fft, dim=-1), n_fft, hop, window, inverse_envelope)
-        padded = F.pad(audio[:, None], (pad, pad), mode="reflect")[:, 0]
-        consistent = torch.view_as_real(torch.fft.rfft(padded.unfold(-1, n_fft, hop) * window, dim=-1))
+        consistent = torch.view_as_real(stft_same(audio, n_fft, hop).transpose(1, 2))
         if previous is None:
             accelerated = consistent.clone()
         else:

@@ -114,15 +114,15 @@ def _bundled() -> RunConfig:
     (which is tuned for batch 256 on GPUs) because CPU runs are short; text through the attribute
     tokens (tempo and key) like the token LM.
     """
-    run = _small()
-    run.model = DiTConfig(latent_dim=32, width=384, depth=8, heads=6, text_dim=384, max_seconds=190.0,
-                          local_window=256, global_every=2)
-    run.data = DataConfig(cache_dir="/work/data/cache/vae-24k", segment_frames=250, text_encoder="minilm+attributes",
-                          latent_scale=0.146)
-    run.train = TrainConfig(steps=200_000, batch_size=16, lr=4e-4, weight_decay=1e-3, warmup_steps=300,
-                            warmup="exponential", schedule="constant", ema_decay=0.999, betas=(0.9, 0.99),
-                            valid_every=0, checkpoint_every=0, checkpoint_minutes=5.0)
-    return run
+    return RunConfig(
+        model=DiTConfig(latent_dim=32, width=384, depth=8, heads=6, text_dim=384, max_seconds=190.0,
+                        local_window=256, global_every=2),
+        data=DataConfig(cache_dir="/work/data/cache/vae-24k", segment_frames=250, text_encoder="minilm+attributes",
+                        latent_scale=0.146),
+        train=TrainConfig(steps=200_000, batch_size=16, lr=4e-4, weight_decay=1e-3, warmup_steps=300,
+                          warmup="exponential", schedule="constant", ema_decay=0.999, betas=(0.9, 0.99),
+                          checkpoint_every=0, checkpoint_minutes=5.0),
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -84,6 +84,20 @@ def valid_cells(table: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return (frame >= 0) & (frame < lengths[:, None, None])
 
 
+def window_loss(
+    lm: torch.nn.Module, c: LMConfig, batch: dict[str, torch.Tensor], dropout: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of a batch of token windows (``collate_windows``) through the codebook
+    pattern; with ``dropout``, text and melody are dropped as in training (for guidance)."""
+    tokens = batch["tokens"]
+    table = layout(c.pattern, c.num_codebooks, tokens.shape[-1])
+    steps = to_sequence(tokens, table, fill=c.special_token)
+    cond = Conditioning(batch["text"], batch["text_mask"], batch.get("melody"))
+    if dropout:
+        cond = drop_conditions(cond, c.text_dropout, c.melody_dropout)
+    return token_loss(lm(steps, cond), steps, valid_cells(table, batch["length"]))
+
+
 def melody_tracks(cache: FrameCache, codec_dir: str, cache_path: Path, num_codebooks: int) -> list[torch.Tensor]:
     """One-hot chroma (12, T) per clip, from the codec's decoding of its tokens; stored once per run."""
     if cache_path.is_file():
@@ -148,14 +162,7 @@ class LMTask:
         return collate_windows(items)
 
     def _loss(self, lm: torch.nn.Module, batch: dict[str, torch.Tensor], dropout: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.config.model
-        tokens = batch["tokens"]
-        table = layout(c.pattern, c.num_codebooks, tokens.shape[-1])
-        steps = to_sequence(tokens, table, fill=c.special_token)
-        cond = Conditioning(batch["text"], batch["text_mask"], batch.get("melody"))
-        if dropout:
-            cond = drop_conditions(cond, c.text_dropout, c.melody_dropout)
-        return token_loss(lm(steps, cond), steps, valid_cells(table, batch["length"]))
+        return window_loss(lm, self.config.model, batch, dropout)
 
     def training_step(self, modules: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor], step: int):
         loss, per_k = self._loss(modules["lm"], batch, dropout=True)
