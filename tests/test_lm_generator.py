@@ -56,10 +56,12 @@ class ScalarCodec(nn.Module):
         return x.float().repeat_interleave(c.hop, -1)[:, None]
 
 
-def make_generator(melody: bool = False) -> TokenLMGenerator:
+def make_generator(melody: bool = False, beat_clock: bool = False) -> TokenLMGenerator:
     torch.manual_seed(0)
     lm = TokenLM(LMConfig(num_codebooks=K, codebook_size=N, dim=32, backbone_config={"num_layers": 2, "num_heads": 4},
-                          melody=melody, max_frames=40, frame_rate=SR / HOP))
+                          melody=melody, max_frames=40, frame_rate=SR / HOP, beat_clock=beat_clock))
+    if beat_clock:
+        torch.nn.init.normal_(lm.beat_proj.weight)  # as if trained
     return TokenLMGenerator(lm, ScalarCodec(ScalarCodecConfig()))
 
 
@@ -158,3 +160,18 @@ def test_unconditional_generation_ignores_the_prompt():
     b = gen.generate("a reel", duration=0.3, seed=1, unconditional=True)
     c = gen.generate("a reel", duration=0.3, seed=1, cfg=100.0)  # a random LM barely listens: amplify
     assert torch.equal(a.samples, b.samples) and not torch.equal(b.samples, c.samples)
+
+
+def test_a_beat_clock_model_keeps_the_tempo_the_prompt_names(tmp_path):
+    from tunesmith.conditioning.beat import beat_clock
+
+    gen = make_generator(beat_clock=True)
+    cond = gen.conditioning(["a reel at 150 BPM", "a reel"], 50)
+    torch.testing.assert_close(cond.beat[0], beat_clock(150.0, 50, SR / HOP))
+    assert cond.beat[1].abs().sum() == 0  # no tempo named: no clock
+    fast = gen.generate("a reel at 150 BPM", duration=1.2, seed=0)  # longer than the context: two windows
+    slow = gen.generate("a reel at 60 BPM", duration=1.2, seed=0)
+    assert fast.samples.shape == (1, 1, int(1.2 * SR)) and not torch.equal(fast.samples, slow.samples)
+    gen.save(tmp_path / "clocked")
+    assert torch.equal(load_generator(tmp_path / "clocked").generate("a reel at 150 BPM", duration=1.2, seed=0).samples,
+                       fast.samples)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock
 from tunesmith.lm.decode import decode_window, generate_tokens
 from tunesmith.lm.model import Conditioning, LMConfig, TokenLM, drop_conditions
 from tunesmith.lm.patterns import layout, to_sequence
@@ -14,15 +15,18 @@ K, N, TEXT_DIM = 3, 16, 8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-def tiny(conditioning="cross", melody=False, pattern="delay", max_frames=32) -> TokenLM:
+def tiny(conditioning="cross", melody=False, pattern="delay", max_frames=32, beat=False) -> TokenLM:
     torch.manual_seed(0)
     cfg = LMConfig(num_codebooks=K, codebook_size=N, dim=32, pattern=pattern, conditioning=conditioning,
                    backbone_config={"num_layers": 2, "num_heads": 4}, text_dim=TEXT_DIM, max_text_tokens=6,
-                   melody=melody, max_frames=max_frames)
-    return TokenLM(cfg).eval()
+                   melody=melody, max_frames=max_frames, beat_clock=beat)
+    model = TokenLM(cfg).eval()
+    if beat:  # as if trained: the zero initialisation would hide a clock read at the wrong step
+        torch.nn.init.normal_(model.beat_proj.weight)
+    return model
 
 
-def conditions(B=2, frames=10, melody=False) -> Conditioning:
+def conditions(B=2, frames=10, melody=False, beat=False) -> Conditioning:
     g = torch.Generator().manual_seed(1)
     text = torch.randn(B, 5, TEXT_DIM, generator=g)
     mask = torch.ones(B, 5, dtype=torch.bool)
@@ -30,31 +34,37 @@ def conditions(B=2, frames=10, melody=False) -> Conditioning:
     mel = None
     if melody:
         mel = torch.nn.functional.one_hot(torch.randint(0, 12, (B, frames), generator=g), 12).transpose(1, 2).float()
-    return Conditioning(text, mask, mel)
+    clock = None
+    if beat:  # a beat every 7.5 frames in the first row, none in the second
+        clock = torch.stack([beat_clock(400.0, frames, 50.0), torch.zeros(CLOCK_DIM, frames)])[:B]
+    return Conditioning(text, mask, mel, clock)
 
 
 def cached_logits(model: TokenLM, steps: torch.Tensor, cond: Conditioning | None, prefill: int) -> torch.Tensor:
     """Logits of every step computed the decoding way: a prefill, then one position at a time."""
     prefix, cross, cross_mask = model.condition(cond, steps.shape[0])
+    clock = model.step_clock(cond, cond.beat.shape[-1]) if cond is not None and cond.beat is not None else None
     P = 0 if prefix is None else prefix.shape[1]
     S = steps.shape[2]
     state = model.backbone.allocate_state(steps.shape[0], P + S, "cpu", torch.float32)
-    outs = [model.backbone.step(model.sequence_input(steps[:, :, :prefill], prefix), state, cross, cross_mask)[:, P:]]
+    outs = [model.backbone.step(model.sequence_input(steps[:, :, :prefill], prefix, clock), state, cross, cross_mask)[:, P:]]
     for s in range(prefill, S - 1):
-        outs.append(model.backbone.step(model.embed_steps(steps[:, :, s : s + 1]), state, cross, cross_mask))
+        x = model.embed_steps(steps[:, :, s : s + 1])
+        outs.append(model.backbone.step(x if clock is None else x + clock[:, s + 1 : s + 2], state, cross, cross_mask))
     return model.logits(torch.cat(outs, 1))
 
 
 @pytest.mark.parametrize(
-    "conditioning,melody,use_cond",
-    [("cross", False, False), ("cross", False, True), ("prefix", False, True), ("cross", True, True), ("prefix", True, True)],
+    "conditioning,melody,use_cond,beat",
+    [("cross", False, False, False), ("cross", False, True, False), ("prefix", False, True, False),
+     ("cross", True, True, False), ("prefix", True, True, False), ("cross", False, True, True), ("prefix", True, True, True)],
 )
-def test_cached_decoding_equals_full_forward(conditioning, melody, use_cond):
-    model = tiny(conditioning, melody)
+def test_cached_decoding_equals_full_forward(conditioning, melody, use_cond, beat):
+    model = tiny(conditioning, melody, beat=beat)
     T = 10
     tokens = torch.randint(0, N, (2, K, T), generator=torch.Generator().manual_seed(2))
     steps = to_sequence(tokens, layout("delay", K, T), fill=N)
-    cond = conditions(frames=T, melody=melody) if use_cond else None
+    cond = conditions(frames=T, melody=melody, beat=beat) if use_cond else None
     with torch.no_grad():
         full = model(steps, cond)
         for prefill in (0, 4):
@@ -129,11 +139,44 @@ def test_greedy_is_deterministic_argmax():
 
 def test_condition_dropout_is_per_example_and_separate():
     cond = conditions(B=400, frames=4, melody=True)
-    dropped = drop_conditions(cond, 0.25, 0.75, generator=torch.Generator().manual_seed(0))
+    cond = Conditioning(cond.text, cond.text_mask, cond.melody, beat_clock(120.0, 4, 50.0).expand(400, -1, -1))
+    dropped = drop_conditions(cond, 0.25, 0.75, generator=torch.Generator().manual_seed(0), beat_p=0.5)
     text_gone = ~dropped.text_mask.any(1)
     melody_gone = dropped.melody.sum((1, 2)) == 0
+    beat_gone = dropped.beat.abs().sum((1, 2)) == 0
     assert 0.15 < text_gone.float().mean() < 0.35 and 0.65 < melody_gone.float().mean() < 0.85
-    assert (text_gone != melody_gone).any()  # independent draws
+    assert 0.4 < beat_gone.float().mean() < 0.6
+    assert (text_gone != melody_gone).any() and (beat_gone != text_gone).any()  # independent draws
+
+
+@pytest.mark.parametrize("pattern", ["delay", "parallel", "flattening", "coarse_first"])
+def test_beat_clock_decoding_agrees_with_teacher_forcing(pattern):
+    """Greedy decoding, which adds the clock one step at a time, picks the argmax of the
+    teacher-forced logits, which add it all at once: the clock reaches the same steps."""
+    model = tiny(pattern=pattern, beat=True)
+    T = 9
+    cond = conditions(frames=T, beat=True)
+    with torch.no_grad():
+        out = generate_tokens(model, T, cond, cfg_scale=1.0, temperature=0.0)
+        table = layout(pattern, K, T)
+        steps = to_sequence(out, table, fill=N)
+        again = model(steps, cond).argmax(-1)
+    valid = (table >= 0).t()
+    assert torch.equal(torch.where(valid, again, steps), steps)
+    no_clock = Conditioning(cond.text, cond.text_mask, None, torch.zeros_like(cond.beat))
+    without = generate_tokens(model, T, no_clock, cfg_scale=1.0, temperature=0.0)
+    assert not torch.equal(without[0], out[0])  # the clock matters ...
+    assert torch.equal(without[1], out[1])  # ... and the second row had none
+
+
+def test_a_zero_initialised_clock_leaves_the_model_unchanged():
+    plain, clocked = tiny(), tiny(beat=True)
+    torch.nn.init.zeros_(clocked.beat_proj.weight)
+    clocked.load_state_dict(plain.state_dict(), strict=False)
+    T = 8
+    steps = to_sequence(torch.randint(0, N, (2, K, T)), layout("delay", K, T), fill=N)
+    with torch.no_grad():
+        torch.testing.assert_close(clocked(steps, conditions(frames=T, beat=True)), plain(steps, conditions(frames=T)))
 
 
 def test_bad_input():
@@ -144,6 +187,12 @@ def test_bad_input():
         model(torch.full((1, K, 4), N + 1))
     with pytest.raises(ValueError, match="no melody"):
         model(torch.zeros(1, K, 4, dtype=torch.long), conditions(B=1, frames=4, melody=True))
+    with pytest.raises(ValueError, match="no beat clock"):
+        model(torch.zeros(1, K, 6, dtype=torch.long), conditions(B=1, frames=4, beat=True))
+    with pytest.raises(ValueError, match="has a beat clock"):
+        tiny(beat=True)(torch.zeros(1, K, 6, dtype=torch.long), conditions(B=1, frames=4))
+    with pytest.raises(ValueError, match="pattern steps"):
+        tiny(beat=True)(torch.zeros(1, K, 7, dtype=torch.long), conditions(B=1, frames=4, beat=True))
     with pytest.raises(ValueError, match="prompt has"):
         generate_tokens(model, 4, prompt=torch.zeros(1, K, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="num_frames"):
@@ -183,3 +232,42 @@ def test_melody_conditioning_is_learned_and_followed():
     follows = (out[:, 0] == tokens[:, 0]).float().mean()
     by_chance = (out[:, 0] == unrelated.argmax(1)).float().mean()
     assert follows > 0.8 and by_chance < 0.3, (follows, by_chance)
+
+
+@pytest.mark.slow
+def test_beat_clock_is_learned_and_followed():
+    """Onsets (token 1) fall on beats at random, half the beats: only the clock says where
+    the beats are.  A tiny clocked model learns to read it, and its samples put their
+    onsets on the beats of whatever clock it is given."""
+    T, rate = 40, 50.0
+    periods = torch.tensor([5, 8, 10])  # frames per beat: 600, 375 and 300 BPM at 50 frames/s
+    torch.manual_seed(0)
+    model = TokenLM(LMConfig(num_codebooks=2, codebook_size=2, dim=64, backbone_config={"num_layers": 2, "num_heads": 4},
+                             text_dim=TEXT_DIM, max_frames=T, beat_clock=True, beat_dropout=0.0))
+    g = torch.Generator().manual_seed(0)
+    frames = torch.arange(T)
+
+    def clocks(period: torch.Tensor) -> torch.Tensor:
+        return torch.stack([beat_clock(60.0 * rate / int(p), T, rate) for p in period])
+
+    def batch(B):
+        period = periods[torch.randint(0, 3, (B,), generator=g)]
+        on_beat = frames[None] % period[:, None] == 0
+        onsets = (on_beat & (torch.rand(B, T, generator=g) < 0.5)).long()
+        return torch.stack([onsets, onsets], 1), clocks(period)
+
+    table = layout("delay", 2, T)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        tokens, clock = batch(16)
+        loss = model.loss(to_sequence(tokens, table, fill=2), (table >= 0).t(), Conditioning(beat=clock))[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    for period in (8, 5):
+        out = generate_tokens(model, T, Conditioning(beat=clocks(torch.full((8,), period))), cfg_scale=1.0, seed=0)
+        onsets = out[:, 0].bool()
+        on_beat = frames % period == 0
+        assert onsets[:, ~on_beat].float().mean() < 0.03, period  # nothing off the beat
+        assert 0.3 < onsets[:, on_beat].float().mean() < 0.7, period  # about half the beats

@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from tunesmith.checkpoint import load_model
+from tunesmith.checkpoint import load_model, save
+from tunesmith.conditioning.beat import beat_clock
 from tunesmith.config import apply_overrides, preset
 from tunesmith.data.cache import write_frame_cache
 from tunesmith.lm.decode import generate_tokens
-from tunesmith.lm.model import Conditioning
-from tunesmith.lm.train import export, make_task, valid_cells
+from tunesmith.data.cache import FrameCache
+from tunesmith.lm.data import TokenWindows
+from tunesmith.lm.model import Conditioning, LMConfig, TokenLM
+from tunesmith.lm.train import export, init_from, make_task, valid_cells
 from tunesmith.lm.patterns import layout
 from tunesmith.train.engine import Trainer
 
@@ -79,3 +82,35 @@ def test_bad_config(token_set):
     config = apply_overrides(preset("run/lm", "tiny"), [f"data={cache_dir}", "model.frame_rate=75.0"])
     with pytest.raises(ValueError, match="frame rate"):
         make_task(config)
+
+
+def test_windows_carry_the_clips_beat_grid_from_where_they_start(tmp_path):
+    meta = {"kind": "tokens", "model": "test", "frame_rate": 50.0, "sample_rate": 32000, "num_codebooks": K}
+    items = [(np.zeros((60, K), dtype=np.int64), {"id": "a", "caption": "x", "tags": {"tempo_bpm": 90}}),
+             (np.zeros((60, K), dtype=np.int64), {"id": "b", "caption": "y", "tags": {}})]
+    write_frame_cache(tmp_path, "train", items, meta)
+    states = {"x": torch.zeros(2, 4), "y": torch.zeros(2, 4)}
+    windows = TokenWindows(FrameCache(tmp_path, "train"), K, 20, states, beat_clock=True)
+    item = windows.get_item(0, np.random.default_rng(0))
+    start = int(np.random.default_rng(0).random() * 40)
+    assert start > 0  # the window is cut from inside the clip, so the grid is shifted
+    torch.testing.assert_close(item["beat"], beat_clock(90.0, 20, 50.0, start_frame=start))
+    assert windows[1]["beat"].abs().sum() == 0  # no tempo: no clock
+    assert "beat" not in TokenWindows(FrameCache(tmp_path, "train"), K, 20, states)[0]
+
+
+def test_init_from_a_model_without_the_clock(tmp_path):
+    def lm(**kw):
+        return TokenLM(LMConfig(num_codebooks=K, codebook_size=N, dim=32, text_dim=8,
+                                backbone_config={"num_layers": 1, "num_heads": 2}, max_frames=16, **kw))
+
+    trained = lm()
+    save(trained, tmp_path / "trained")
+    model = lm(beat_clock=True)
+    assert init_from(model, str(tmp_path / "trained")) == ["beat_proj.weight"]
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+    assert model.beat_proj.weight.abs().sum() == 0
+    save(lm(beat_clock=True), tmp_path / "clocked")
+    with pytest.raises(ValueError, match="beat_proj"):  # the other way round drops a part: refused
+        init_from(lm(), str(tmp_path / "clocked"))

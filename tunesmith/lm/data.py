@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock
 from tunesmith.conditioning.text import TextEncoder, pad_states
 from tunesmith.data.cache import CacheError, FrameCache
 
@@ -60,7 +61,10 @@ class TokenWindows(Dataset):
     """Random windows of ``segment_frames`` token frames (first ``num_codebooks`` codebooks).
 
     Items: ``tokens`` (K, segment) int64 zero-padded past ``length``; ``text`` (S, dim)
-    float32; ``melody`` (12, segment) when a per-frame chroma track is given.
+    float32; ``melody`` (12, segment) when a per-frame chroma track is given; ``beat``
+    (CLOCK_DIM, segment) with ``beat_clock``: the clip's beat grid (the corpus cuts clips
+    at bar lines, so a beat falls on the clip's first frame) at its ``tags.tempo_bpm``,
+    zeros for a clip without one.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class TokenWindows(Dataset):
         text_states: dict[str, torch.Tensor],
         melody: list[torch.Tensor] | None = None,
         max_text_tokens: int = 64,
+        beat_clock: bool = False,
     ) -> None:
         if cache.kind != "tokens":
             raise CacheError(f"{cache.dir} holds {cache.kind}, the token LM needs tokens")
@@ -79,6 +84,10 @@ class TokenWindows(Dataset):
             raise CacheError(f"the LM predicts {num_codebooks} codebooks, the cache has {available}")
         self.cache, self.K, self.segment = cache, num_codebooks, segment_frames
         self.text_states, self.melody, self.max_text_tokens = text_states, melody, max_text_tokens
+        self.beat_clock = beat_clock
+        self.frame_rate = float(cache.meta.get("frame_rate", 0.0))
+        if beat_clock and self.frame_rate <= 0:
+            raise CacheError(f"{cache.dir} does not say its frame_rate, which a beat clock needs")
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -100,6 +109,9 @@ class TokenWindows(Dataset):
         if self.melody is not None:
             mel = self.melody[index][:, start : start + self.segment].float()
             item["melody"] = torch.nn.functional.pad(mel, (0, self.segment - mel.shape[1]))
+        if self.beat_clock:
+            bpm = (self.cache.records[index].get("tags") or {}).get("tempo_bpm")
+            item["beat"] = beat_clock(float(bpm), self.segment, self.frame_rate, start) if bpm else torch.zeros(CLOCK_DIM, self.segment)
         return item
 
 
@@ -111,6 +123,7 @@ def collate_windows(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "text": text,
         "text_mask": mask,
     }
-    if "melody" in items[0]:
-        batch["melody"] = torch.stack([it["melody"] for it in items])
+    for key in ("melody", "beat"):
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
     return batch

@@ -73,6 +73,7 @@ def decode_window(
     rows = 2 * B if guided else B
     full = cond.cat(cond.null()) if guided else cond
     prefix, cross, cross_mask = model.condition(full, rows)
+    clock = model.step_clock(full, num_frames)  # (rows, S, D) or None
     P = 0 if prefix is None else prefix.shape[1]
     dtype = next(model.parameters()).dtype
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):  # quantized weights keep fp32 activations
@@ -82,7 +83,7 @@ def decode_window(
     def both(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x], 0) if guided else x
 
-    hidden = model.backbone.step(model.sequence_input(both(seq[:, :, :first]), prefix), state, cross, cross_mask)[:, -1:]
+    hidden = model.backbone.step(model.sequence_input(both(seq[:, :, :first]), prefix, clock), state, cross, cross_mask)[:, -1:]
     for s in range(first, S):
         logits = model.logits(hidden)[:, :, 0]  # (rows, K, N)
         if guided:
@@ -93,17 +94,15 @@ def decode_window(
         if on_step is not None:
             on_step()
         if s + 1 < S:
-            hidden = model.backbone.step(model.embed_steps(both(seq[:, :, s : s + 1])), state, cross, cross_mask)
+            x = model.embed_steps(both(seq[:, :, s : s + 1]))
+            if clock is not None:  # the input that predicts step s + 1 carries that step's clock
+                x = x + clock[:, s + 1 : s + 2]
+            hidden = model.backbone.step(x, state, cross, cross_mask)
     return from_sequence(seq, table, num_frames)
 
 
-def _slice_melody(cond: Conditioning | None, start: int, length: int) -> Conditioning | None:
-    if cond is None or cond.melody is None:
-        return cond
-    melody = cond.melody[..., start : start + length]
-    if melody.shape[-1] < length:  # past the end of the reference: "no melody"
-        melody = torch.nn.functional.pad(melody, (0, length - melody.shape[-1]))
-    return Conditioning(cond.text, cond.text_mask, melody)
+def _window(cond: Conditioning | None, start: int, length: int) -> Conditioning | None:
+    return None if cond is None else cond.frames(start, length)
 
 
 @torch.inference_mode()
@@ -127,8 +126,8 @@ def generate_tokens(
 
     Up to ``window_frames`` (default: the trained context) frames are decoded in one
     window; longer outputs continue window by window, each new window prompted with
-    the last ``keep_frames`` (default: half a window) frames so far.  ``cond.melody``,
-    if any, spans the whole output and is sliced to each window.
+    the last ``keep_frames`` (default: half a window) frames so far.  ``cond.melody`` and
+    ``cond.beat``, if any, span the whole output and are cut to each window.
     """
     c = model.config
     B = batch_size or (cond.batch_size() if cond is not None else None) or (prompt.shape[0] if prompt is not None else 1)
@@ -145,8 +144,6 @@ def generate_tokens(
             raise ValueError(f"prompt has {prompt.shape[-1]} frames; it must be shorter than the output and the window ({min(num_frames, window)})")
         if prompt.numel() and (int(prompt.min()) < 0 or int(prompt.max()) >= c.codebook_size):
             raise ValueError(f"prompt token ids must be in [0, {c.codebook_size})")
-    if cond is not None and cond.melody is not None and cond.melody.shape[-1] < num_frames:
-        cond = _slice_melody(cond, 0, num_frames)
 
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     guidance = None if cfg_scale == 1.0 else cfg_scale  # scale 1 is the conditional model: skip the extra rows
@@ -159,11 +156,11 @@ def generate_tokens(
     total_steps = sum(num_steps(c.pattern, c.num_codebooks, w) for w in windows)
     bar = tqdm(total=total_steps, desc="decode", disable=not progress, leave=False)
     try:
-        out = decode_window(model, windows[0], _slice_melody(cond, 0, windows[0]), batch_size=B, prompt=prompt,
+        out = decode_window(model, windows[0], _window(cond, 0, windows[0]), batch_size=B, prompt=prompt,
                             on_step=bar.update, **sampling)
         for size in windows[1:]:
             start = out.shape[-1] - keep
-            new = decode_window(model, size, _slice_melody(cond, start, size), batch_size=B, prompt=out[..., start:],
+            new = decode_window(model, size, _window(cond, start, size), batch_size=B, prompt=out[..., start:],
                                 on_step=bar.update, **sampling)
             out = torch.cat([out, new[..., keep:]], -1)
     finally:

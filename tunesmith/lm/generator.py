@@ -19,6 +19,7 @@ import torch
 
 from tunesmith.audio import Audio, load_audio, resample, to_channels
 from tunesmith.checkpoint import bundled_models, load_model, read_model_config, save
+from tunesmith.conditioning.beat import prompt_clocks
 from tunesmith.conditioning.melody import dominant_chroma
 from tunesmith.conditioning.text import TextEncoder, get_text_encoder
 from tunesmith.generator import check_request, register_generator
@@ -109,7 +110,8 @@ class TokenLMGenerator:
         return next(self.lm.parameters()).device
 
     def conditioning(self, prompts: list[str], num_frames: int, melody: Any = None) -> Conditioning:
-        """Text states for ``prompts`` and, for a melody model, the reference's one-hot chroma."""
+        """Text states for ``prompts``; for a melody model, the reference's one-hot chroma; for a
+        model with a beat clock, the clock of the tempo each prompt names."""
         text, mask = self.text_encoder.encode(prompts)
         chroma = None
         if self.lm.config.melody:
@@ -125,7 +127,8 @@ class TokenLMGenerator:
                     raise ValueError(f"{chroma.shape[0]} melodies for {len(prompts)} prompts")
         elif melody is not None:
             raise ValueError("this model is not melody-conditioned; drop the melody control")
-        return Conditioning(text, mask, chroma).to(self.device)
+        beat = prompt_clocks(prompts, num_frames, self.frame_rate) if self.lm.config.beat_clock else None
+        return Conditioning(text, mask, chroma, beat).to(self.device)
 
     def prompt_tokens(self, audio: Any, batch: int) -> torch.Tensor:
         """Codec tokens (B, K, F) of an audio prompt to continue."""

@@ -19,6 +19,10 @@ Conditioning comes two ways, both supported (MusicGen sec. 2.2):
 Melody (MusicGen sec. 2.2, "melody conditioning") is always a prefix: the
 dominant chroma bin of each frame as a one-hot, projected to the model width.
 
+A beat clock (``tunesmith.conditioning.beat``), when the model has one, is added to
+the input of every step: the clock of the frame a step generates, projected to the
+model width, so the model always knows where in the beat the next frame falls.
+
 The sequence the backbone sees is ``[prefix | start | step 0 | ... | step S-2]`` and
 its output at ``start + s`` gives the logits of pattern step s.
 """
@@ -34,7 +38,8 @@ from torch import nn
 
 from tunesmith.checkpoint import register_model
 from tunesmith.lm.backbones import Backbone, backbone_config, build_backbone
-from tunesmith.lm.patterns import PATTERNS, num_steps
+from tunesmith.conditioning.beat import CLOCK_DIM
+from tunesmith.lm.patterns import PATTERNS, layout, num_steps, step_frames
 
 
 @dataclass
@@ -55,13 +60,15 @@ class LMConfig:
     max_frames: int = 1500  # the trained context, in frames
     text_dropout: float = 0.2  # probability of dropping the text in training (for CFG)
     melody_dropout: float = 0.2
+    beat_clock: bool = False  # add the prompted tempo's beat clock to every step's input
+    beat_dropout: float = 0.2  # independent of the text, so prompts without a tempo work too
 
     def __post_init__(self) -> None:
         if self.num_codebooks < 1 or self.codebook_size < 2 or self.dim < 8:
             raise ValueError("need num_codebooks >= 1, codebook_size >= 2, dim >= 8")
         if self.max_frames < 1 or self.max_text_tokens < 1 or self.frame_rate <= 0:
             raise ValueError("max_frames, max_text_tokens and frame_rate must be positive")
-        for name in ("text_dropout", "melody_dropout"):
+        for name in ("text_dropout", "melody_dropout", "beat_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.pattern not in PATTERNS:
@@ -83,55 +90,72 @@ class Conditioning:
 
     ``text`` (B, S, text_dim) with ``text_mask`` (B, S) bool (True = real token; a row
     of all False means "no text", the unconditional case of CFG); ``melody`` (B, 12, F)
-    one-hot chroma per frame or all zeros for "no melody".
+    one-hot chroma per frame or all zeros for "no melody"; ``beat`` (B, CLOCK_DIM, F)
+    the beat clock per frame or all zeros for "no clock".
     """
 
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     melody: torch.Tensor | None = None
+    beat: torch.Tensor | None = None
+
+    def _map(self, fn: Any) -> "Conditioning":
+        return Conditioning(*(None if t is None else fn(t) for t in (self.text, self.text_mask, self.melody, self.beat)))
 
     def batch_size(self) -> int | None:
-        for t in (self.text, self.melody):
+        for t in (self.text, self.melody, self.beat):
             if t is not None:
                 return t.shape[0]
         return None
 
     def null(self) -> "Conditioning":
         """The same shapes with every condition dropped: the unconditional half of CFG."""
-        return Conditioning(
-            text=None if self.text is None else torch.zeros_like(self.text),
-            text_mask=None if self.text_mask is None else torch.zeros_like(self.text_mask),
-            melody=None if self.melody is None else torch.zeros_like(self.melody),
-        )
+        return self._map(torch.zeros_like)
 
     def cat(self, other: "Conditioning") -> "Conditioning":
         """Stack two conditionings along the batch (conditional rows first)."""
-        both = lambda a, b: None if a is None else torch.cat([a, b], 0)  # noqa: E731
-        return Conditioning(both(self.text, other.text), both(self.text_mask, other.text_mask), both(self.melody, other.melody))
+        pairs = zip((self.text, self.text_mask, self.melody, self.beat), (other.text, other.text_mask, other.melody, other.beat))
+        return Conditioning(*(None if a is None else torch.cat([a, b], 0) for a, b in pairs))
 
     def repeat(self, n: int) -> "Conditioning":
-        rep = lambda a: None if a is None else a.repeat_interleave(n, 0)  # noqa: E731
-        return Conditioning(rep(self.text), rep(self.text_mask), rep(self.melody))
+        return self._map(lambda a: a.repeat_interleave(n, 0))
 
     def to(self, device: torch.device | str) -> "Conditioning":
-        move = lambda a: None if a is None else a.to(device)  # noqa: E731
-        return Conditioning(move(self.text), move(self.text_mask), move(self.melody))
+        return self._map(lambda a: a.to(device))
+
+    def frames(self, start: int, length: int) -> "Conditioning":
+        """The per-frame conditions (melody, beat) cut to frames [start, start + length),
+        zero-padded ("none") past their end; the text is unchanged."""
+
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            if x is None:
+                return None
+            x = x[..., start : start + length]
+            return F.pad(x, (0, length - x.shape[-1])) if x.shape[-1] < length else x
+
+        return Conditioning(self.text, self.text_mask, cut(self.melody), cut(self.beat))
 
 
-def drop_conditions(cond: Conditioning, text_p: float, melody_p: float, generator: torch.Generator | None = None) -> Conditioning:
-    """Independently drop the text and the melody of each example (CFG training, MusicGen sec. 2.2)."""
+def drop_conditions(
+    cond: Conditioning, text_p: float, melody_p: float, generator: torch.Generator | None = None, beat_p: float = 0.0
+) -> Conditioning:
+    """Independently drop the text, the melody and the beat clock of each example (CFG
+    training, MusicGen sec. 2.2)."""
     B = cond.batch_size()
     if B is None:
         return cond
-    device = (cond.text if cond.text is not None else cond.melody).device
-    text, mask, melody = cond.text, cond.text_mask, cond.melody
+
+    def keep(p: float, like: torch.Tensor) -> torch.Tensor:
+        return (torch.rand(B, generator=generator) >= p).to(like.device)
+
+    text, mask, melody, beat = cond.text, cond.text_mask, cond.melody, cond.beat
     if mask is not None and text_p > 0:
-        keep = torch.rand(B, generator=generator).to(device) >= text_p
-        mask = mask & keep[:, None]
+        mask = mask & keep(text_p, mask)[:, None]
     if melody is not None and melody_p > 0:
-        keep = torch.rand(B, generator=generator).to(device) >= melody_p
-        melody = melody * keep[:, None, None].to(melody.dtype)
-    return Conditioning(text, mask, melody)
+        melody = melody * keep(melody_p, melody)[:, None, None].to(melody.dtype)
+    if beat is not None and beat_p > 0:
+        beat = beat * keep(beat_p, beat)[:, None, None].to(beat.dtype)
+    return Conditioning(text, mask, melody, beat)
 
 
 @register_model("lm", LMConfig)
@@ -152,6 +176,9 @@ class TokenLM(nn.Module):
         else:
             self.text_pad = nn.Parameter(torch.zeros(D))  # fills padding and dropped text in the prefix
         self.melody_proj = nn.Linear(c.chroma_bins, D) if c.melody else None  # zeros -> its bias: "no melody"
+        # No bias: a zero clock ("none") adds nothing.  Zero-initialised, so a trained model
+        # given a clock to learn starts out exactly as it was.
+        self.beat_proj = nn.Linear(CLOCK_DIM, D, bias=False) if c.beat_clock else None
         self.backbone: Backbone = build_backbone(c.backbone, D, c.backbone_config, cross_attention=c.conditioning == "cross")
         self.head = nn.Linear(D, K * N, bias=False)  # the K heads as one matrix: one matmul per step
         # Our own layers start small (GPT-2 style); the backbone initialises itself.
@@ -159,6 +186,8 @@ class TokenLM(nn.Module):
             if module is not None:
                 nn.init.normal_(module.weight, std=0.02)
         nn.init.normal_(self.start, std=0.02)
+        if self.beat_proj is not None:
+            nn.init.zeros_(self.beat_proj.weight)
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -204,12 +233,30 @@ class TokenLM(nn.Module):
             raise ValueError("this model has no melody conditioning")
         return (torch.cat(prefix, 1) if prefix else None), cross, cross_mask
 
-    def sequence_input(self, steps: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
-        """[prefix | start | embed(steps)]: the backbone input for steps (B, K, S') already known."""
+    def step_clock(self, cond: Conditioning | None, num_frames: int) -> torch.Tensor | None:
+        """(B, S, D): the projected beat clock of the frame each pattern step generates, to
+        add to the input that predicts that step; None for a model without a clock."""
+        if self.beat_proj is None:
+            if cond is not None and cond.beat is not None:
+                raise ValueError("this model has no beat clock")
+            return None
+        if cond is None or cond.beat is None:
+            raise ValueError("this model has a beat clock: give one (or zeros for none)")
+        if cond.beat.shape[1:] != (CLOCK_DIM, num_frames):
+            raise ValueError(f"beat clock must be (B, {CLOCK_DIM}, {num_frames}), got {tuple(cond.beat.shape)}")
+        c = self.config
+        frames = step_frames(layout(c.pattern, c.num_codebooks, num_frames)).to(cond.beat.device)
+        return self.beat_proj(cond.beat[:, :, frames].transpose(1, 2).to(self.start.dtype))
+
+    def sequence_input(self, steps: torch.Tensor, prefix: torch.Tensor | None, clock: torch.Tensor | None = None) -> torch.Tensor:
+        """[prefix | start | embed(steps)]: the backbone input for steps (B, K, S') already known.
+
+        ``clock`` (B, >= S' + 1, D) from :meth:`step_clock` is added to the S' + 1 step inputs."""
         B = steps.shape[0]
-        parts = [] if prefix is None else [prefix]
-        parts += [self.start.expand(B, 1, -1), self.embed_steps(steps)]
-        return torch.cat(parts, 1)
+        x = torch.cat([self.start.expand(B, 1, -1), self.embed_steps(steps)], 1)
+        if clock is not None:
+            x = x + clock[:, : x.shape[1]]
+        return x if prefix is None else torch.cat([prefix, x], 1)
 
     # -- outputs -----------------------------------------------------------
 
@@ -230,7 +277,11 @@ class TokenLM(nn.Module):
         if steps.numel() and (int(steps.min()) < 0 or int(steps.max()) > c.special_token):
             raise ValueError(f"token ids must be in [0, {c.special_token}]")
         prefix, cross, cross_mask = self.condition(cond, steps.shape[0])
-        x = self.sequence_input(steps[:, :, :-1], prefix)
+        beat_frames = cond.beat.shape[-1] if cond is not None and cond.beat is not None else 0
+        if beat_frames and num_steps(c.pattern, c.num_codebooks, beat_frames) != steps.shape[2]:
+            raise ValueError(f"the beat clock has {beat_frames} frames, which is not {steps.shape[2]} pattern steps")
+        clock = self.step_clock(cond, beat_frames)
+        x = self.sequence_input(steps[:, :, :-1], prefix, clock)
         hidden = self.backbone(x, cross, cross_mask)
         P = 0 if prefix is None else prefix.shape[1]
         return self.logits(hidden[:, P:])

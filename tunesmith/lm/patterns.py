@@ -106,3 +106,9 @@ def from_sequence(seq: torch.Tensor, table: torch.Tensor, num_frames: int) -> to
 def valid_mask(table: torch.Tensor) -> torch.Tensor:
     """(K, S) bool: True where a step predicts a real cell (what the training loss counts)."""
     return (table >= 0).t()
+
+
+def step_frames(table: torch.Tensor) -> torch.Tensor:
+    """(S,): the latest frame each step predicts (0 for a step that predicts none), so that
+    per-frame signals such as a beat clock can be read at the step that generates the frame."""
+    return table.max(dim=1).values.clamp_min(0)

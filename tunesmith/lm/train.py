@@ -35,6 +35,7 @@ class RunConfig:
     segment_frames: int = 500  # training window, in frames (10 s at 50 Hz)
     valid_batches: int = 8
     codec: str = ""  # codec model dir: export writes a full generator; a melody model needs it
+    init_from: str = ""  # an LM (or token-LM generator) directory to start from; see init_from()
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -92,10 +93,30 @@ def window_loss(
     tokens = batch["tokens"]
     table = layout(c.pattern, c.num_codebooks, tokens.shape[-1])
     steps = to_sequence(tokens, table, fill=c.special_token)
-    cond = Conditioning(batch["text"], batch["text_mask"], batch.get("melody"))
+    cond = Conditioning(batch["text"], batch["text_mask"], batch.get("melody"), batch.get("beat"))
     if dropout:
-        cond = drop_conditions(cond, c.text_dropout, c.melody_dropout)
+        cond = drop_conditions(cond, c.text_dropout, c.melody_dropout, beat_p=c.beat_dropout)
     return token_loss(lm(steps, cond), steps, valid_cells(table, batch["length"]))
+
+
+def init_from(model: TokenLM, source: str) -> list[str]:
+    """Copy a trained LM's weights into ``model``, which may add conditioning the trained one
+    lacks (a beat clock, a melody prefix): those parts keep their initialisation (zero for
+    the clock, so training starts from the trained model's exact behaviour).  Returns their
+    parameter names; any other difference in the architecture is an error."""
+    from tunesmith.checkpoint import load_model
+
+    trained = load_model(source)
+    if not isinstance(trained, TokenLM):
+        raise ValueError(f"init_from: {source} holds a {type(trained).__name__}, not a token LM")
+    own, theirs = model.state_dict(), trained.state_dict()
+    extra = sorted(set(theirs) - set(own))
+    mismatched = sorted(k for k in theirs if k in own and own[k].shape != theirs[k].shape)
+    if extra or mismatched:
+        raise ValueError(f"init_from: {source} does not fit this run's model "
+                         f"(parameters it has and the model lacks: {extra or 'none'}; different shapes: {mismatched or 'none'})")
+    model.load_state_dict({k: v.float() for k, v in theirs.items()}, strict=False)
+    return sorted(set(own) - set(theirs))
 
 
 def melody_tracks(cache: FrameCache, codec_dir: str, cache_path: Path, num_codebooks: int) -> list[torch.Tensor]:
@@ -143,6 +164,8 @@ class LMTask:
         if config.valid_split and (Path(config.data) / f"{config.valid_split}.safetensors").is_file():
             self.valid_dataset = self._windows(config.valid_split, encoder, out)
         self.model = TokenLM(c)
+        if config.init_from:
+            self.new_parameters = init_from(self.model, config.init_from)
 
     def _windows(self, split: str, encoder: Any, out: Path) -> TokenWindows:
         c = self.config.model
@@ -153,7 +176,7 @@ class LMTask:
         if top >= c.codebook_size:
             raise ValueError(f"cache has token id {top}, model.codebook_size is {c.codebook_size}")
         melody = melody_tracks(cache, self.config.codec, out / f"melody_{split}.safetensors", c.num_codebooks) if c.melody else None
-        return TokenWindows(cache, c.num_codebooks, self.config.segment_frames, states, melody, c.max_text_tokens)
+        return TokenWindows(cache, c.num_codebooks, self.config.segment_frames, states, melody, c.max_text_tokens, c.beat_clock)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"lm": self.model}
@@ -205,7 +228,7 @@ def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
     return generator.save(out_dir, codec_name=codec_name, fp16=True, extra=training)
 
 
-__all__ = ["RunConfig", "LMTask", "make_task", "export", "valid_cells"]
+__all__ = ["RunConfig", "LMTask", "make_task", "export", "valid_cells", "init_from"]
 
 # The matched state-space presets (run/lm "<size>-mamba2") are defined with the SSM backbone;
 # importing it here, after the Transformer presets exist, makes them selectable by name.
