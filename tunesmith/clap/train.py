@@ -31,8 +31,15 @@ class ClapDataConfig:
     window_loss_weight: float = 0.5
     valid_split: str = "valid"
     valid_items: int = 256
+    # A copy of the corpus through the generators' codec (`tunesmith codec roundtrip`):
+    # each training item is read from it with probability augment_p, so the CLAP learns
+    # to score generated audio by its music rather than by its codec artifacts.
+    augment_manifest: str = ""
+    augment_p: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.augment_p <= 1.0:
+            raise ValueError(f"augment_p must be in [0, 1], got {self.augment_p}")
         if self.windows < 1:
             raise ValueError(f"windows must be >= 1, got {self.windows}")
         if self.window_loss_weight < 0:
@@ -90,7 +97,7 @@ class ClapTask:
     """Contrastive training of :class:`ClapModel` on a clip manifest."""
 
     def __init__(self, config: RunConfig) -> None:
-        from tunesmith.data.datasets import AudioClipDataset
+        from tunesmith.data.datasets import AlternateAudioDataset, AudioClipDataset
 
         self.config = config
         cfg = config.model
@@ -99,6 +106,9 @@ class ClapTask:
             raise FileNotFoundError(f"CLAP training manifest not found: {manifest} (set data.manifest=...)")
         self.segment_seconds = config.data.windows * cfg.window_seconds
         self.train_dataset = AudioClipDataset(manifest, "train", cfg.sample_rate, 1, self.segment_seconds)
+        if config.data.augment_manifest:
+            alternate = AudioClipDataset(config.data.augment_manifest, "train", cfg.sample_rate, 1, self.segment_seconds)
+            self.train_dataset = AlternateAudioDataset(self.train_dataset, alternate, config.data.augment_p)
         self.net = ClapTrainModule(ClapModel(cfg))
         self._sentences: dict[str, torch.Tensor] = {}
 

@@ -4,6 +4,7 @@
     tunesmith codec decode song.npz song.wav
     tunesmith codec eval --model codec-24k --manifest corpus/manifest.jsonl --split test
     tunesmith codec cache --manifest corpus/manifest.jsonl --out caches/tokens [--model vae-24k]
+    tunesmith codec roundtrip --manifest corpus/manifest.jsonl --out corpus-codec [--num-codebooks 4]
     tunesmith codec train [--vae] --preset small --out runs/codec-v1 [--resume]
     tunesmith codec export --run runs/codec-v1 --out models/codec-24k
     tunesmith codec curves rvq=runs/codec-v1 vae=runs/vae-v1 --out docs/codec_curves.png
@@ -63,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--num-codebooks", type=int, default=None)
     c.add_argument("--max-clips", type=int, default=None, help="per split (for quick trials)")
     c.set_defaults(func=_cache)
+
+    r = verbs.add_parser("roundtrip", help="a copy of a corpus with every clip through the codec (training augmentation)")
+    r.add_argument("--manifest", required=True, help="the corpus manifest (JSONL)")
+    r.add_argument("--out", required=True, help="folder for manifest.jsonl and audio/ of the round trips")
+    r.add_argument("--model", default=DEFAULT_MODEL, help="codec name or directory")
+    r.add_argument("--num-codebooks", type=int, default=None, help="RVQ codebooks to keep (default all)")
+    r.set_defaults(func=_roundtrip)
 
     t = verbs.add_parser("train", help="same as 'tunesmith train codec' (or 'vae' with --vae)")
     t.add_argument("--vae", action="store_true", help="train the VAE instead of the RVQ codec")
@@ -222,6 +230,14 @@ def _cache(args: argparse.Namespace) -> int:
 
         write_frame_cache(args.out, split, items(), meta)
         print(f"{split}: {n} clips -> {args.out}")
+    return 0
+
+
+def _roundtrip(args: argparse.Namespace) -> int:
+    from tunesmith.codec.roundtrip import round_trip_manifest
+
+    path = round_trip_manifest(_load(args.model), args.manifest, args.out, args.num_codebooks)
+    print(f"round trips of {args.manifest} -> {path}")
     return 0
 
 

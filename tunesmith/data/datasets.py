@@ -63,6 +63,38 @@ class AudioClipDataset(Dataset):
         return {"audio": audio, "caption": record["caption"], "tags": record["tags"], "id": record["id"]}
 
 
+class AlternateAudioDataset(Dataset):
+    """The clips of ``primary``, each item read from ``alternate`` instead with probability ``p``.
+
+    ``alternate`` holds other versions of the same clips (the same ids), such as their
+    round trips through a codec (``tunesmith codec roundtrip``): an augmentation that
+    teaches a model to judge the music, not the codec.  Validation (``dataset[i]``)
+    always reads ``primary``.
+    """
+
+    def __init__(self, primary: AudioClipDataset, alternate: AudioClipDataset, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        by_id = {r["id"]: i for i, r in enumerate(alternate.records)}
+        missing = [r["id"] for r in primary.records if r["id"] not in by_id]
+        if missing:
+            raise ValueError(f"{alternate.manifest_path} lacks {len(missing)} clips of {primary.manifest_path}, e.g. {missing[0]}")
+        self.primary, self.alternate, self.p = primary, alternate, p
+        self.records = primary.records
+        self._alternate_index = [by_id[r["id"]] for r in primary.records]
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.primary[index]
+
+    def get_item(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        if rng.random() < self.p:
+            return self.alternate.get_item(self._alternate_index[index], rng)
+        return self.primary.get_item(index, rng)
+
+
 def read_segment(
     path: Path | BinaryIO,
     segment_seconds: float | None,

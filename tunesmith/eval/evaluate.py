@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tunesmith.audio import Audio, AudioError, load_audio, save_audio
+from tunesmith.codec.roundtrip import round_trip
 from tunesmith.eval import metrics as M
 from tunesmith.eval.prompts import PromptSpec
 
@@ -114,7 +115,7 @@ def reference_items(specs: list[PromptSpec], reference_dir: Path | None, audio_d
         audio = load_audio(_reference_audio(spec, reference_dir))
         samples = audio.samples[:, : int(round(spec.duration * audio.sample_rate))]
         if through_codec is not None:
-            samples = _round_trip(through_codec, samples, audio.sample_rate, num_codebooks)
+            samples = round_trip(through_codec, samples, audio.sample_rate, num_codebooks)
         path = save_audio(audio_dir / f"{spec.id}.wav", samples, audio.sample_rate)
         items.append({
             "id": spec.id, "prompt": spec.prompt, "audio": str(path.relative_to(audio_dir.parent)), "wav": samples,
@@ -122,20 +123,6 @@ def reference_items(specs: list[PromptSpec], reference_dir: Path | None, audio_d
             "seconds": None, "rtf": None,
         })
     return items
-
-
-def _round_trip(codec: Any, samples: torch.Tensor, sample_rate: int, num_codebooks: int | None) -> torch.Tensor:
-    from tunesmith.audio import resample, to_channels
-
-    wav = to_channels(samples[None], codec.channels)
-    if sample_rate != codec.sample_rate:
-        wav = resample(wav, sample_rate, codec.sample_rate)
-    with torch.inference_mode():
-        codes = codec.encode_long(wav, num_codebooks) if num_codebooks else codec.encode_long(wav)
-        out = codec.decode_long(codes)[..., : wav.shape[-1]]
-    if sample_rate != codec.sample_rate:
-        out = resample(out, codec.sample_rate, sample_rate)
-    return out[0, :, : samples.shape[-1]].clamp(-1, 1)
 
 
 def _safely(fn, *args, **kwargs):
