@@ -175,3 +175,13 @@ def test_a_beat_clock_model_keeps_the_tempo_the_prompt_names(tmp_path):
     gen.save(tmp_path / "clocked")
     assert torch.equal(load_generator(tmp_path / "clocked").generate("a reel at 150 BPM", duration=1.2, seed=0).samples,
                        fast.samples)
+    steady = TokenLMGenerator(gen.lm, gen.codec, unguided=("beat",))  # guidance scales the text alone
+    assert not torch.equal(steady.generate("a reel at 150 BPM", duration=1.2, seed=0).samples, fast.samples)
+    steady.cfg = 5.0
+    steady.save(tmp_path / "steady")
+    loaded = load_generator(tmp_path / "steady")
+    assert loaded.unguided == ("beat",) and loaded.cfg == 5.0  # the model's own defaults travel with it
+    assert torch.equal(loaded.generate("a reel", duration=0.4, seed=0).samples,
+                       loaded.generate("a reel", duration=0.4, seed=0, cfg=5.0).samples)
+    with pytest.raises(ValueError, match="unknown conditions"):
+        TokenLMGenerator(gen.lm, gen.codec, unguided=("tempo",))

@@ -169,6 +169,20 @@ def test_beat_clock_decoding_agrees_with_teacher_forcing(pattern):
     assert torch.equal(without[1], out[1])  # ... and the second row had none
 
 
+def test_unguided_conditions_stay_in_the_unconditional_rows():
+    cond = conditions(frames=6, beat=True)
+    null = cond.null(keep=("beat",))
+    assert torch.equal(null.beat, cond.beat) and not null.text_mask.any()
+    with pytest.raises(ValueError, match="unknown conditions"):
+        cond.null(keep=("tempo",))
+    # keeping every condition makes both halves equal: guidance is then the conditional model
+    model = tiny(beat=True)
+    everything = ("text", "melody", "beat")
+    guided = generate_tokens(model, 6, cond, cfg_scale=3.0, temperature=0.0, unguided=everything)
+    assert torch.equal(guided, generate_tokens(model, 6, cond, cfg_scale=1.0, temperature=0.0))
+    assert not torch.equal(guided, generate_tokens(model, 6, cond, cfg_scale=3.0, temperature=0.0))
+
+
 def test_a_zero_initialised_clock_leaves_the_model_unchanged():
     plain, clocked = tiny(), tiny(beat=True)
     torch.nn.init.zeros_(clocked.beat_proj.weight)

@@ -50,11 +50,15 @@ def decode_window(
     top_p: float = 0.0,
     generator: torch.Generator | None = None,
     on_step: Any = None,
+    unguided: tuple[str, ...] = (),
 ) -> torch.Tensor:
     """Tokens (B, K, num_frames) within the model's context, continuing ``prompt`` (B, K, Tp).
 
     ``cfg_scale`` None decodes the conditional model alone; a number runs the batched
     conditional + unconditional forward and guides with that scale (1 = conditional).
+    ``unguided`` names conditions kept in the unconditional rows too, so that guidance
+    amplifies only the others (e.g. ``("beat",)``: the clock conditions both, the scale
+    applies to the text).
     """
     c = model.config
     K, N, B = c.num_codebooks, c.codebook_size, batch_size
@@ -71,7 +75,7 @@ def decode_window(
 
     guided = cfg_scale is not None and cond is not None
     rows = 2 * B if guided else B
-    full = cond.cat(cond.null()) if guided else cond
+    full = cond.cat(cond.null(keep=unguided)) if guided else cond
     prefix, cross, cross_mask = model.condition(full, rows)
     clock = model.step_clock(full, num_frames)  # (rows, S, D) or None
     P = 0 if prefix is None else prefix.shape[1]
@@ -121,6 +125,7 @@ def generate_tokens(
     window_frames: int | None = None,
     keep_frames: int | None = None,
     progress: bool = False,
+    unguided: tuple[str, ...] = (),
 ) -> torch.Tensor:
     """Tokens (B, K, num_frames): any length, continuing an optional ``prompt`` (B, K, Tp).
 
@@ -147,7 +152,8 @@ def generate_tokens(
 
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     guidance = None if cfg_scale == 1.0 else cfg_scale  # scale 1 is the conditional model: skip the extra rows
-    sampling = dict(cfg_scale=guidance, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    sampling = dict(cfg_scale=guidance, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                    unguided=unguided)
     windows = [min(window, num_frames)]  # frames per window; each later one re-decodes `keep` frames
     covered = windows[0]
     while covered < num_frames:

@@ -88,6 +88,8 @@ class TokenLMGenerator:
         *,
         max_duration: float = 300.0,
         int8: bool = False,
+        unguided: tuple[str, ...] = (),
+        cfg: float = 3.0,
     ) -> None:
         if abs(float(codec.frame_rate) - lm.config.frame_rate) > 1e-6:
             raise ValueError(f"codec frame rate {codec.frame_rate} differs from the LM's {lm.config.frame_rate}")
@@ -104,6 +106,9 @@ class TokenLMGenerator:
         self.channels = codec_channels(codec)
         self.frame_rate = lm.config.frame_rate
         self.max_duration = max_duration
+        self.unguided = tuple(unguided)  # conditions guidance leaves unscaled (kept in the unconditional rows)
+        self.cfg = float(cfg)  # the guidance scale when a call gives none: each model stores its own
+        Conditioning().null(keep=self.unguided)  # an unknown name: an error now, not at the first generate
 
     @property
     def device(self) -> torch.device:
@@ -148,30 +153,34 @@ class TokenLMGenerator:
         seed: int = 0,
         *,
         progress: bool = False,
-        cfg: float = 3.0,
+        cfg: float | None = None,
         temperature: float = 1.0,
         top_k: int = 250,
         top_p: float = 0.0,
         melody: Any = None,
         prompt_audio: Any = None,
         unconditional: bool = False,
+        unguided: tuple[str, ...] | None = None,
         **controls: Any,
     ) -> Audio:
         """Audio (B, C, duration * sample_rate).  With ``prompt_audio`` the output starts
         with the prompt and continues it; ``melody`` (Audio or path) guides a melody model.
-        ``unconditional`` drops text and melody (the null condition of CFG), for baselines."""
+        ``unconditional`` drops text and melody (the null condition of CFG), for baselines.
+        ``unguided`` (default: the generator's ``self.unguided``) names conditions that
+        guidance leaves unscaled (see :func:`tunesmith.lm.decode.decode_window`)."""
         if controls:
             raise ValueError(f"unknown controls for the token LM: {', '.join(sorted(controls))}")
         items = check_request(prompts, duration, self.max_duration)
         num_frames = max(1, math.ceil(duration * self.frame_rate))
         cond = self.conditioning(items, num_frames, melody)
+        cfg = self.cfg if cfg is None else cfg
         if unconditional:
             cond, cfg = cond.null(), 1.0
         prompt = self.prompt_tokens(prompt_audio, len(items)) if prompt_audio is not None else None
         with _threads(self._decode_threads()):
             tokens = generate_tokens(self.decoder_lm, num_frames, cond, batch_size=len(items), prompt=prompt,
                                      cfg_scale=cfg, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                     progress=progress)
+                                     progress=progress, unguided=self.unguided if unguided is None else tuple(unguided))
         with torch.inference_mode():
             decode = getattr(self.codec, "decode_long", self.codec.decode)
             wav = decode(tokens).float().cpu()
@@ -203,7 +212,7 @@ class TokenLMGenerator:
             lm.load_state_dict(self.lm.state_dict())
             lm = lm.half()
         meta: dict[str, Any] = {**(extra or {}), "generator_type": GENERATOR_TYPE, "int8_decoding": self.int8,
-                                "storage": "fp16" if fp16 else "fp32"}
+                                "storage": "fp16" if fp16 else "fp32", "unguided": list(self.unguided), "cfg": self.cfg}
         if codec_name is not None:
             meta["codec"] = codec_name
         directory = save(lm, directory, extra=meta)
@@ -219,4 +228,5 @@ def load_token_lm(directory: Path, device: str = "cpu") -> TokenLMGenerator:
     lm = load_model(directory, map_location=device).float()
     codec = load_model(meta.get("codec") or Path(directory) / CODEC_DIR, map_location=device)
     int8 = bool(meta.get("int8_decoding", False)) and torch.device(device).type == "cpu"
-    return TokenLMGenerator(lm, codec, int8=int8)  # type: ignore[arg-type]
+    return TokenLMGenerator(lm, codec, int8=int8, unguided=tuple(meta.get("unguided", ())),  # type: ignore[arg-type]
+                            cfg=float(meta.get("cfg", 3.0)))

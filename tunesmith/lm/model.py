@@ -108,9 +108,19 @@ class Conditioning:
                 return t.shape[0]
         return None
 
-    def null(self) -> "Conditioning":
-        """The same shapes with every condition dropped: the unconditional half of CFG."""
-        return self._map(torch.zeros_like)
+    def null(self, keep: tuple[str, ...] = ()) -> "Conditioning":
+        """The same shapes with every condition dropped but those named in ``keep``
+        ("text", "melody", "beat"): the unconditional half of CFG."""
+        unknown = set(keep) - {"text", "melody", "beat"}
+        if unknown:
+            raise ValueError(f"unknown conditions to keep: {', '.join(sorted(unknown))}")
+        dropped = self._map(torch.zeros_like)
+        return Conditioning(
+            self.text if "text" in keep else dropped.text,
+            self.text_mask if "text" in keep else dropped.text_mask,
+            self.melody if "melody" in keep else dropped.melody,
+            self.beat if "beat" in keep else dropped.beat,
+        )
 
     def cat(self, other: "Conditioning") -> "Conditioning":
         """Stack two conditionings along the batch (conditional rows first)."""
