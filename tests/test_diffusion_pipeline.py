@@ -119,6 +119,25 @@ def test_save_and_load_generator(generator, tmp_path):
     assert torch.equal(a.samples, b.samples)
 
 
+def test_fp16_storage_and_a_bundled_vae_referenced_by_name(generator, tmp_path):
+    half = load_generator(generator.save(tmp_path / "half", fp16=True))
+    half._text_encoder = generator.text_encoder
+    assert next(half.model.parameters()).dtype == torch.float32  # stored in fp16, run in fp32
+    a = generator.generate("a hymn", duration=1.0, seed=5, steps=3).samples
+    b = half.generate("a hymn", duration=1.0, seed=5, steps=3).samples
+    assert (a - b).abs().max() < 0.05 * a.abs().max() + 1e-4
+    with pytest.raises(ValueError, match="not a bundled model"):
+        generator.save(tmp_path / "x", codec_name="no-such-vae")
+    from tunesmith.checkpoint import load_model
+
+    vae = load_model("vae-24k")
+    dit = DiT(DiTConfig(latent_dim=vae.latent_dim, width=32, depth=1, heads=2, text_dim=384))
+    directory = LatentDiffusionGenerator(dit, vae, generator.text_encoder).save(tmp_path / "named", codec_name="vae-24k")
+    assert json.loads((directory / "config.json").read_text())["codec"] == "vae-24k"
+    assert not (directory / "codec").exists()  # no second copy of the bundled VAE
+    assert load_generator(directory).codec.latent_dim == vae.latent_dim
+
+
 def test_train_cli_runs_and_exports(tmp_path, capsys):
     code = main(["train", "diffusion", "--preset", "tiny", "--set", "train.steps=4", "--out", str(tmp_path / "run"),
                  "--export", str(tmp_path / "model")])

@@ -22,7 +22,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from tunesmith.audio import Audio, load_audio, resample, to_channels
-from tunesmith.checkpoint import load_model, read_model_config, save
+from tunesmith.checkpoint import bundled_models, load_model, read_model_config, save
 from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser
 from tunesmith.diffusion.dit import DiT
 from tunesmith.diffusion.guidance import cfg_denoiser
@@ -235,11 +235,25 @@ class LatentDiffusionGenerator:
                 keep[int(start * self.frame_rate) : math.ceil(end * self.frame_rate)] = 0
         return keep[None, None]
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the generator directory: the DiT, and the VAE under ``codec/``."""
-        meta = {"generator_type": GENERATOR_TYPE, "text_encoder": self.text_encoder_name, "latent_scale": self.latent_scale}
-        directory = save(self.model, directory, extra=meta)
-        save(self.codec, Path(directory) / CODEC_DIR)  # type: ignore[arg-type]
+    def save(self, directory: str | Path, *, codec_name: str | None = None, fp16: bool = False,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Write the generator directory: the DiT, and the VAE under ``codec/`` unless
+        ``codec_name`` names the bundled VAE it uses.  ``fp16`` halves the DiT's bytes on
+        disk (it loads as fp32); ``extra`` adds entries to config.json."""
+        if codec_name is not None and codec_name not in bundled_models():
+            raise ValueError(f"codec_name '{codec_name}' is not a bundled model (bundled: {', '.join(bundled_models())})")
+        meta: dict[str, Any] = {**(extra or {}), "generator_type": GENERATOR_TYPE, "text_encoder": self.text_encoder_name,
+                                "latent_scale": self.latent_scale, "storage": "fp16" if fp16 else "fp32"}
+        model = self.model
+        if fp16:  # a half copy: the live model stays fp32
+            model = DiT(self.model.config)
+            model.load_state_dict(self.model.state_dict())
+            model = model.half()
+        if codec_name is not None:
+            meta["codec"] = codec_name
+        directory = save(model, directory, extra=meta)
+        if codec_name is None:
+            save(self.codec, Path(directory) / CODEC_DIR)  # type: ignore[arg-type]
         return directory
 
 
@@ -249,9 +263,10 @@ def load_latent_diffusion(directory: Path, device: str = "cpu") -> LatentDiffusi
     model = load_model(directory, map_location=device)
     if not isinstance(model, DiT):
         raise ValueError(f"{directory}: expected a DiT, found {type(model).__name__}")
+    model = model.float()  # fp16 on disk, fp32 to run
     codec_dir = Path(directory) / CODEC_DIR
-    if not codec_dir.is_dir():
-        raise FileNotFoundError(f"{directory} has no VAE under {CODEC_DIR}/")
-    codec = load_model(codec_dir, map_location=device)
+    if not meta.get("codec") and not codec_dir.is_dir():
+        raise FileNotFoundError(f"{directory} has no VAE under {CODEC_DIR}/ and names no bundled one")
+    codec = load_model(meta.get("codec") or codec_dir, map_location=device)
     return LatentDiffusionGenerator(model, codec, text_encoder_name=meta.get("text_encoder", "minilm"),  # type: ignore[arg-type]
                                     latent_scale=float(meta.get("latent_scale", 1.0)))

@@ -307,7 +307,10 @@ def make_task(config: RunConfig) -> DiffusionTask:
 def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
     """Write the trained DiT (EMA weights when enabled) as a latent-diffusion generator directory.
 
-    The VAE goes under ``codec/``: copied from the model directory the cache names, if present.
+    The VAE is the model the cache names: referenced by name when it is a bundled model
+    (no second copy; the DiT is then stored in fp16, like the bundled LM), else copied
+    under ``codec/``.  Without a VAE (synthetic data, or one that cannot be loaded) the
+    DiT alone is written.
     """
     model = DiT(config.model)
     model.load_state_dict(trainer.ema_state_dict("dit"))
@@ -315,15 +318,23 @@ def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
         "generator_type": GENERATOR_TYPE,
         "text_encoder": config.data.text_encoder,
         "latent_scale": config.data.latent_scale,
+        "training": {"step": trainer.step, "run_dir": str(trainer.out_dir)},
     }
-    directory = save(model, out_dir, extra=meta)
+    codec = None
     if config.data.cache_dir != SYNTHETIC:
         codec = json.loads((Path(config.data.cache_dir) / "meta.json").read_text()).get("model")
-        if codec:
-            from tunesmith.checkpoint import load_model
+    if codec:
+        from tunesmith.checkpoint import bundled_models, load_model
+        from tunesmith.diffusion.pipeline import LatentDiffusionGenerator
 
-            try:
-                save(load_model(codec), directory / "codec")
-            except Exception as err:  # the run is still useful; say what is missing
-                print(f"note: could not bundle the VAE '{codec}' ({err}); add it under {directory / 'codec'}")
-    return directory
+        try:
+            vae = load_model(codec)
+        except Exception as err:  # the run is still useful; say what is missing
+            print(f"note: could not bundle the VAE '{codec}' ({err}); add it under {Path(out_dir) / 'codec'}")
+        else:
+            generator = LatentDiffusionGenerator(model, vae, text_encoder_name=config.data.text_encoder,  # type: ignore[arg-type]
+                                                 latent_scale=config.data.latent_scale)
+            bundled = codec in bundled_models()
+            return generator.save(out_dir, codec_name=codec if bundled else None, fp16=bundled,
+                                  extra={"training": meta["training"]})
+    return save(model, out_dir, extra=meta)
