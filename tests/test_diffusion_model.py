@@ -189,3 +189,42 @@ def test_tiny_dit_learns_synthetic_latents(tmp_path, parameterization):
         assert mean_error < 0.15
         assert mean_error < 0.2 * (data.class_means[label] - other).abs().max().item()
         assert abs(x.std(dim=(0, 2)).mean().item() / cfg.data.synthetic_std - 1) < 0.15
+
+
+def test_beat_clock_starts_silent_then_steers_and_is_checked():
+    from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock
+
+    plain = _randomize_output(DiT(DiTConfig(**TINY)))
+    clocked = DiT(DiTConfig(**TINY, beat_clock=True)).eval()
+    clocked.load_state_dict(plain.state_dict(), strict=False)  # as init_from does
+    args = _inputs()
+    clock = beat_clock(120.0, 11, 25.0).expand(2, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(clocked(**args, beat=clock), plain(**args))  # zero-initialised: no change yet
+        torch.nn.init.normal_(clocked.beat_proj.weight)
+        assert not torch.allclose(clocked(**args, beat=clock), plain(**args))
+        torch.testing.assert_close(clocked(**args, beat=torch.zeros(2, CLOCK_DIM, 11)), plain(**args))  # zeros: none
+    with pytest.raises(ValueError, match="no beat clock"):
+        plain(**args, beat=clock)
+    with pytest.raises(ValueError, match="beat clock must be"):
+        clocked(**args, beat=clock[..., :5])
+
+
+def test_cached_latent_windows_carry_the_clips_beat_grid(tmp_path):
+    from tunesmith.conditioning.beat import beat_clock
+    from tunesmith.data.cache import write_frame_cache
+    from tunesmith.diffusion.train import CachedLatents, DataConfig
+
+    meta = {"kind": "latents", "model": "test", "frame_rate": 25.0, "sample_rate": 24000, "latent_dim": 4}
+    items = [(np.zeros((80, 4), dtype=np.float32), {"id": "a", "caption": "x", "tags": {"tempo_bpm": 100}})]
+    write_frame_cache(tmp_path, "train", items, meta)
+    data = DataConfig(cache_dir=str(tmp_path), segment_frames=20, beat_dropout=0.0)
+    windows = CachedLatents(data, DiTConfig(**TINY, beat_clock=True))
+    item = windows.get_item(0, np.random.default_rng(1))
+    start = round(item["seconds_start"] * 25.0)
+    assert start > 0
+    torch.testing.assert_close(item["beat"], beat_clock(100.0, 20, 25.0, start_frame=start))
+    always_dropped = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20, beat_dropout=1.0),
+                                   DiTConfig(**TINY, beat_clock=True))
+    assert always_dropped.get_item(0, np.random.default_rng(1))["beat"].abs().sum() == 0
+    assert "beat" not in CachedLatents(data, DiTConfig(**TINY)).get_item(0, np.random.default_rng(1))

@@ -138,6 +138,27 @@ def test_fp16_storage_and_a_bundled_vae_referenced_by_name(generator, tmp_path):
     assert load_generator(directory).codec.latent_dim == vae.latent_dim
 
 
+def test_a_beat_clock_model_gets_the_prompted_tempo(generator):
+    from tunesmith.conditioning.beat import beat_clock
+
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(latent_dim=8, width=32, depth=2, heads=2, text_dim=384, fourier_dim=16, max_seconds=8.0,
+                        beat_clock=True))
+    with torch.no_grad():
+        dit.proj_out.weight.normal_(0, 0.1)
+        dit.beat_proj.weight.normal_(0, 1.0)  # as if trained
+    clocked = LatentDiffusionGenerator(dit.eval(), generator.codec, generator.text_encoder)
+    cond, uncond = clocked.conditioning(["a jig at 150 BPM", "a jig"], 1.0)
+    frames = clocked.num_frames(1.0)
+    torch.testing.assert_close(cond["beat"][0], beat_clock(150.0, frames, clocked.frame_rate))
+    assert cond["beat"][1].abs().sum() == 0 and uncond["beat"].abs().sum() == 0
+    with_clock = clocked.generate("a jig at 150 BPM", duration=1.0, seed=0, steps=3).samples
+    with torch.no_grad():
+        dit.beat_proj.weight.zero_()
+    assert not torch.equal(with_clock, clocked.generate("a jig at 150 BPM", duration=1.0, seed=0, steps=3).samples)
+    assert "beat" not in generator.conditioning(["a jig at 150 BPM"], 1.0)[0]  # a model without a clock gets none
+
+
 def test_train_cli_runs_and_exports(tmp_path, capsys):
     code = main(["train", "diffusion", "--preset", "tiny", "--set", "train.steps=4", "--out", str(tmp_path / "run"),
                  "--export", str(tmp_path / "model")])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunesmith.checkpoint import load_model, save
+from tunesmith.checkpoint import init_from, load_model, save
 from tunesmith.conditioning.beat import beat_clock
 from tunesmith.config import apply_overrides, preset
 from tunesmith.data.cache import write_frame_cache
@@ -12,7 +12,7 @@ from tunesmith.lm.decode import generate_tokens
 from tunesmith.data.cache import FrameCache
 from tunesmith.lm.data import TokenWindows
 from tunesmith.lm.model import Conditioning, LMConfig, TokenLM
-from tunesmith.lm.train import export, init_from, make_task, valid_cells
+from tunesmith.lm.train import export, make_task, valid_cells
 from tunesmith.lm.patterns import layout
 from tunesmith.train.engine import Trainer
 

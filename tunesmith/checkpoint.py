@@ -216,6 +216,23 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
     return model.to(map_location).eval()
 
 
+def init_from(model: torch.nn.Module, source: str | Path) -> list[str]:
+    """Copy the weights of the model directory ``source`` into ``model``, a model of the same
+    type that may add parts the trained one lacks (new conditioning, say): those keep their
+    initialisation.  Returns their parameter names; any other difference is an error."""
+    trained = load_model(source)
+    if type(trained) is not type(model):
+        raise ValueError(f"init_from: {source} holds a {type(trained).__name__}, this run trains a {type(model).__name__}")
+    own, theirs = model.state_dict(), trained.state_dict()
+    extra = sorted(set(theirs) - set(own))
+    mismatched = sorted(k for k in theirs if k in own and own[k].shape != theirs[k].shape)
+    if extra or mismatched:
+        raise ValueError(f"init_from: {source} does not fit this run's model "
+                         f"(parameters it has and the model lacks: {extra or 'none'}; different shapes: {mismatched or 'none'})")
+    model.load_state_dict({k: v.float() for k, v in theirs.items()}, strict=False)
+    return sorted(set(own) - set(theirs))
+
+
 def _import_model_modules() -> None:
     """Import the packages that register model types, so any saved type can load."""
     import tunesmith.models_registry  # noqa: F401

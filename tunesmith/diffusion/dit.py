@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tunesmith.checkpoint import register_model
+from tunesmith.conditioning.beat import CLOCK_DIM
 
 
 @dataclass
@@ -55,6 +56,7 @@ class DiTConfig:
     global_every: int = 2  # with local_window: every global_every-th layer attends globally, the rest in windows
     parameterization: str = "v"  # "v" (cosine schedule) or "edm"
     sigma_data: float = 1.0  # EDM's data standard deviation (latents are ~unit variance)
+    beat_clock: bool = False  # add the prompted tempo's beat clock (conditioning/beat.py) to every frame
 
     def __post_init__(self) -> None:
         for name in ("latent_dim", "width", "depth", "heads", "text_dim", "fourier_dim"):
@@ -238,6 +240,11 @@ class DiT(nn.Module):
         self.gradient_checkpointing = False
         in_channels = d + (d + 1 if config.inpainting else 0)
         self.proj_in = nn.Linear(in_channels, w)
+        # No bias: a zero clock ("none") adds nothing; zero-initialised, so a trained DiT
+        # given a clock to learn (tunesmith.checkpoint.init_from) starts out exactly as it was.
+        self.beat_proj = nn.Linear(CLOCK_DIM, w, bias=False) if config.beat_clock else None
+        if self.beat_proj is not None:
+            nn.init.zeros_(self.beat_proj.weight)
         self.noise_embed = FourierFeatures(config.fourier_dim, w)
         self.start_embed = FourierFeatures(config.fourier_dim, w, scale=1.0)
         self.total_embed = FourierFeatures(config.fourier_dim, w, scale=1.0)
@@ -280,11 +287,14 @@ class DiT(nn.Module):
         inpaint_mask: torch.Tensor | None = None,
         inpaint_latents: torch.Tensor | None = None,
         encoded_text: tuple[torch.Tensor, torch.Tensor] | None = None,
+        beat: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, D, T), noise_level (B,) -> (B, D, T).
 
         ``inpaint_mask`` (B, 1, T) is 1 where the latents are known (kept) and
         ``inpaint_latents`` (B, D, T) holds them; both default to "nothing known".
+        ``beat`` (B, CLOCK_DIM, T), for a model with a beat clock, is the clock of each
+        frame; it defaults to zeros ("no clock").
         """
         cfg = self.config
         b, d, t = x.shape
@@ -304,6 +314,12 @@ class DiT(nn.Module):
             known = inpaint_latents * inpaint_mask
             h = torch.cat([h, inpaint_mask.to(x.dtype).expand(b, 1, t).transpose(1, 2), known.transpose(1, 2)], dim=-1)
         h = self.proj_in(h)
+        if beat is not None:
+            if self.beat_proj is None:
+                raise ValueError("this model has no beat clock")
+            if beat.shape[1:] != (CLOCK_DIM, t):
+                raise ValueError(f"beat clock must be (B, {CLOCK_DIM}, {t}), got {tuple(beat.shape)}")
+            h = h + self.beat_proj(beat.to(h.dtype).transpose(1, 2))
 
         cond = (
             self.noise_embed(noise_level.to(dev).float().expand(b))

@@ -23,6 +23,7 @@ import torch
 
 from tunesmith.audio import Audio, load_audio, resample, to_channels
 from tunesmith.checkpoint import bundled_models, load_model, read_model_config, save
+from tunesmith.conditioning.beat import prompt_clocks
 from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser
 from tunesmith.diffusion.dit import DiT
 from tunesmith.diffusion.guidance import cfg_denoiser
@@ -79,6 +80,10 @@ class LatentDiffusionGenerator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def num_frames(self, duration: float) -> int:
+        """Latent frames generated for ``duration`` seconds."""
+        return max(2, math.ceil(duration * self.frame_rate))
+
     # -- audio <-> latents ---------------------------------------------------
 
     def encode_audio(self, audio: Audio | str | Path, frames: int | None = None) -> torch.Tensor:
@@ -106,7 +111,8 @@ class LatentDiffusionGenerator:
     # -- sampling --------------------------------------------------------------
 
     def conditioning(self, prompts: Sequence[str], duration: float) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(cond, uncond) inputs of the DiT: text tokens (dropped for uncond) and timing."""
+        """(cond, uncond) inputs of the DiT: text tokens (dropped for uncond), timing and, for a
+        model with a beat clock, the clock of the tempo each prompt names (dropped for uncond)."""
         text, mask = self.text_encoder.encode(list(prompts))
         text, mask = text.to(self.device), mask.to(self.device)
         b = text.shape[0]
@@ -116,6 +122,9 @@ class LatentDiffusionGenerator:
         }
         cond = {"text": text, "text_mask": mask, **timing}
         uncond = {"text": text, "text_mask": torch.zeros_like(mask), **timing}
+        if self.model.config.beat_clock:
+            clocks = prompt_clocks(list(prompts), self.num_frames(duration), self.frame_rate)
+            cond["beat"], uncond["beat"] = clocks.to(self.device), torch.zeros_like(clocks).to(self.device)
         return cond, uncond
 
     @torch.no_grad()
@@ -198,7 +207,7 @@ class LatentDiffusionGenerator:
         if unknown:
             raise ValueError(f"unknown controls for latent diffusion: {', '.join(sorted(unknown))}")
         items = check_request(prompts, duration, self.max_duration)
-        frames = max(2, math.ceil(duration * self.frame_rate))
+        frames = self.num_frames(duration)
         cond, uncond = self.conditioning(items, duration)
         if unconditional:
             cond, controls = uncond, {**controls, "cfg": 1.0}

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tunesmith.checkpoint import save
+from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock
 from tunesmith.config import ConfigError, register_preset
 from tunesmith.diffusion.denoiser import Denoiser
 from tunesmith.diffusion.dit import DiT, DiTConfig
@@ -45,6 +46,7 @@ class DataConfig:
     latent_scale: float = 1.0  # latents are multiplied by this (aim for unit variance)
     cfg_dropout: float = 0.1  # probability of dropping the text of an item
     mask_probability: float = 0.3  # probability of an inpainting mask on an item
+    beat_dropout: float = 0.2  # with model.beat_clock: probability of dropping an item's clock (independent of the text)
     # synthetic data
     synthetic_items: int = 512
     synthetic_classes: int = 2
@@ -53,7 +55,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("cfg_dropout", "mask_probability"):
+        for name in ("cfg_dropout", "mask_probability", "beat_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.segment_frames < 2 or self.latent_scale <= 0 or self.synthetic_items < 1 or self.synthetic_classes < 1:
@@ -73,6 +75,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # A DiT (or latent-diffusion generator) directory to start from (tunesmith.checkpoint.init_from):
+    # it may lack parts this model adds, e.g. a beat clock, which then start at zero.
+    init_from: str = ""
 
 
 # ---------------------------------------------------------------------------
@@ -187,6 +192,7 @@ class CachedLatents(Dataset):
         if width != model.latent_dim:
             raise ConfigError(f"cache latents have {width} channels but model.latent_dim is {model.latent_dim}")
         self.frame_rate = float(self.cache.meta["frame_rate"])
+        self.beat_clock = model.beat_clock
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -199,8 +205,13 @@ class CachedLatents(Dataset):
         window = clip[start : start + size].T.float() * self.data.latent_scale
         if window.shape[-1] < size:  # short clip: zero-pad; seconds_total tells the model where it ends
             window = torch.nn.functional.pad(window, (0, size - window.shape[-1]))
-        caption = self.cache.records[index]["caption"]
-        return _finish_item(window, None, caption, start / self.frame_rate, total / self.frame_rate, self.data, rng)
+        record = self.cache.records[index]
+        item = _finish_item(window, None, record["caption"], start / self.frame_rate, total / self.frame_rate, self.data, rng)
+        if self.beat_clock:  # the clip's grid (cut at a bar line: a beat on its first frame), from the window's start
+            bpm = (record.get("tags") or {}).get("tempo_bpm")
+            clock = beat_clock(float(bpm), size, self.frame_rate, start) if bpm else torch.zeros(CLOCK_DIM, size)
+            item["beat"] = clock * float(rng.random() >= self.data.beat_dropout)
+        return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get_item(index, np.random.default_rng(index))
@@ -236,6 +247,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds_total": torch.tensor([it["seconds_total"] for it in items], dtype=torch.float32),
         "inpaint_mask": torch.stack([it["inpaint_mask"] for it in items]),
     }
+    if "beat" in items[0]:
+        batch["beat"] = torch.stack([it["beat"] for it in items])
     if items[0]["text"] is not None:
         batch["text"] = torch.stack([it["text"] for it in items])
     else:
@@ -260,6 +273,10 @@ class DiffusionTask:
                 raise ConfigError(f"latent cache not found: {cache} (build it with the corpus tools, or use 'synthetic')")
             self.train_dataset = CachedLatents(config.data, config.model)
         self.model = DiT(config.model)
+        if config.init_from:
+            from tunesmith.checkpoint import init_from
+
+            self.new_parameters = init_from(self.model, config.init_from)
         self._text_encoder = None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -293,6 +310,8 @@ class DiffusionTask:
         text, text_mask = self.text_tokens(batch, x0.device)
         denoiser = Denoiser(net, cfg.parameterization, cfg.sigma_data)
         extra = {"inpaint_mask": batch["inpaint_mask"], "inpaint_latents": x0} if cfg.inpainting else {}
+        if "beat" in batch:
+            extra["beat"] = batch["beat"]
         loss = denoiser.loss(
             x0, sigma, noise, text=text, text_mask=text_mask,
             seconds_start=batch["seconds_start"], seconds_total=batch["seconds_total"], **extra,

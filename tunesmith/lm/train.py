@@ -35,7 +35,9 @@ class RunConfig:
     segment_frames: int = 500  # training window, in frames (10 s at 50 Hz)
     valid_batches: int = 8
     codec: str = ""  # codec model dir: export writes a full generator; a melody model needs it
-    init_from: str = ""  # an LM (or token-LM generator) directory to start from; see init_from()
+    # An LM (or token-LM generator) directory to start from (tunesmith.checkpoint.init_from): it may
+    # lack parts this model adds, e.g. a beat clock, which then start at zero.
+    init_from: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -99,26 +101,6 @@ def window_loss(
     return token_loss(lm(steps, cond), steps, valid_cells(table, batch["length"]))
 
 
-def init_from(model: TokenLM, source: str) -> list[str]:
-    """Copy a trained LM's weights into ``model``, which may add conditioning the trained one
-    lacks (a beat clock, a melody prefix): those parts keep their initialisation (zero for
-    the clock, so training starts from the trained model's exact behaviour).  Returns their
-    parameter names; any other difference in the architecture is an error."""
-    from tunesmith.checkpoint import load_model
-
-    trained = load_model(source)
-    if not isinstance(trained, TokenLM):
-        raise ValueError(f"init_from: {source} holds a {type(trained).__name__}, not a token LM")
-    own, theirs = model.state_dict(), trained.state_dict()
-    extra = sorted(set(theirs) - set(own))
-    mismatched = sorted(k for k in theirs if k in own and own[k].shape != theirs[k].shape)
-    if extra or mismatched:
-        raise ValueError(f"init_from: {source} does not fit this run's model "
-                         f"(parameters it has and the model lacks: {extra or 'none'}; different shapes: {mismatched or 'none'})")
-    model.load_state_dict({k: v.float() for k, v in theirs.items()}, strict=False)
-    return sorted(set(own) - set(theirs))
-
-
 def melody_tracks(cache: FrameCache, codec_dir: str, cache_path: Path, num_codebooks: int) -> list[torch.Tensor]:
     """One-hot chroma (12, T) per clip, from the codec's decoding of its tokens; stored once per run."""
     if cache_path.is_file():
@@ -165,6 +147,8 @@ class LMTask:
             self.valid_dataset = self._windows(config.valid_split, encoder, out)
         self.model = TokenLM(c)
         if config.init_from:
+            from tunesmith.checkpoint import init_from
+
             self.new_parameters = init_from(self.model, config.init_from)
 
     def _windows(self, split: str, encoder: Any, out: Path) -> TokenWindows:
@@ -228,7 +212,7 @@ def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
     return generator.save(out_dir, codec_name=codec_name, fp16=True, extra=training)
 
 
-__all__ = ["RunConfig", "LMTask", "make_task", "export", "valid_cells", "init_from"]
+__all__ = ["RunConfig", "LMTask", "make_task", "export", "valid_cells"]
 
 # The matched state-space presets (run/lm "<size>-mamba2") are defined with the SSM backbone;
 # importing it here, after the Transformer presets exist, makes them selectable by name.
