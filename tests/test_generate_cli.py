@@ -69,3 +69,21 @@ def test_the_bundled_default_model_makes_music_offline(tmp_path, capsys, monkeyp
     assert main(["generate", "a waltz", "--melody", str(melody), "-o", str(tmp_path / "m_out.wav"), "--no-progress"]) == 2
     assert "not melody-conditioned" in capsys.readouterr().err
     assert not (tmp_path / "m_out.wav").exists()
+
+
+def test_the_bundled_dit_is_selectable_and_keeps_the_beat(tmp_path, monkeypatch):
+    """The other bundled generator, by name, offline; its beat clock comes from the prompt."""
+    import json
+
+    from tunesmith.audio import load_audio
+    from tunesmith.checkpoint import read_model_config, resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert read_model_config(resolve("tunesmith-small-dit"))["config"]["beat_clock"]
+    out = tmp_path / "march.wav"
+    assert main(["generate", "a march for brass band, 120 BPM", "--model", "tunesmith-small-dit", "--duration", "2",
+                 "--steps", "4", "-o", str(out), "--no-progress"]) == 0
+    audio = load_audio(out)
+    assert audio.samples.shape[-1] == 48000 and audio.samples.abs().max() > 1e-3
+    assert json.loads(out.with_suffix(".wav.json").read_text())["model"] == "tunesmith-small-dit"
