@@ -44,6 +44,15 @@ def beat_clock(bpm: float, num_frames: int, frame_rate: float, start_frame: int 
     return torch.cat([angles.sin(), angles.cos()]).float()
 
 
+def clip_clock(record: dict, num_frames: int, frame_rate: float, start_frame: int = 0) -> torch.Tensor:
+    """The clock of a corpus clip (a manifest or cache record) from ``start_frame`` on: its
+    ``tags.tempo_bpm`` grid, a beat on the clip's first frame; zeros for a clip without a tempo."""
+    bpm = (record.get("tags") or {}).get("tempo_bpm")
+    if not bpm:
+        return torch.zeros(CLOCK_DIM, num_frames)
+    return beat_clock(float(bpm), num_frames, frame_rate, start_frame)
+
+
 def prompt_clocks(prompts: list[str], num_frames: int, frame_rate: float) -> torch.Tensor:
     """(B, CLOCK_DIM, num_frames): each prompt's named tempo as a clock, zeros where none is named."""
     out = torch.zeros(len(prompts), CLOCK_DIM, num_frames)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tunesmith.checkpoint import save
-from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock
+from tunesmith.conditioning.beat import clip_clock
 from tunesmith.config import ConfigError, register_preset
 from tunesmith.diffusion.denoiser import Denoiser
 from tunesmith.diffusion.dit import DiT, DiTConfig
@@ -208,9 +208,7 @@ class CachedLatents(Dataset):
         record = self.cache.records[index]
         item = _finish_item(window, None, record["caption"], start / self.frame_rate, total / self.frame_rate, self.data, rng)
         if self.beat_clock:  # the clip's grid (cut at a bar line: a beat on its first frame), from the window's start
-            bpm = (record.get("tags") or {}).get("tempo_bpm")
-            clock = beat_clock(float(bpm), size, self.frame_rate, start) if bpm else torch.zeros(CLOCK_DIM, size)
-            item["beat"] = clock * float(rng.random() >= self.data.beat_dropout)
+            item["beat"] = clip_clock(record, size, self.frame_rate, start) * float(rng.random() >= self.data.beat_dropout)
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock
+from tunesmith.conditioning.beat import clip_clock
 from tunesmith.conditioning.text import TextEncoder, pad_states
 from tunesmith.data.cache import CacheError, FrameCache
 
@@ -110,8 +110,7 @@ class TokenWindows(Dataset):
             mel = self.melody[index][:, start : start + self.segment].float()
             item["melody"] = torch.nn.functional.pad(mel, (0, self.segment - mel.shape[1]))
         if self.beat_clock:
-            bpm = (self.cache.records[index].get("tags") or {}).get("tempo_bpm")
-            item["beat"] = beat_clock(float(bpm), self.segment, self.frame_rate, start) if bpm else torch.zeros(CLOCK_DIM, self.segment)
+            item["beat"] = clip_clock(self.cache.records[index], self.segment, self.frame_rate, start)
         return item
 
 
