@@ -1,7 +1,6 @@
 """The corpus builder end to end on a tiny score folder: facts in tags and captions match the MIDI,
 splits never share a work, builds are byte-identical for a seed and resume."""
 
-import re
 import shutil
 from pathlib import Path
 
@@ -9,8 +8,8 @@ import mido
 import numpy as np
 import pytest
 import soundfile as sf
+from caption_facts import named_instruments
 
-from tunesmith.data.captions import SYNONYMS
 from tunesmith.data.corpus import BuildOptions, build_corpus, split_of
 from tunesmith.data.instruments import BY_NAME, DRUM_CHANNEL
 from tunesmith.data.manifest import read_manifest
@@ -84,21 +83,6 @@ def _midi_facts(path):
     return programs, drums, tempo, key, hist
 
 
-def _named_instruments(caption, ensemble):
-    """Instruments a caption names: longest phrases first, the ensemble's own name masked."""
-    text = caption.lower().replace(ensemble.lower(), " ")
-    names = [*BY_NAME, "drum kit"]
-    phrases = sorted(((p.lower(), name) for name in names for p in (name, *SYNONYMS.get(name, ()))),
-                     key=lambda x: -len(x[0]))
-    found = set()
-    for phrase, name in phrases:
-        pattern = r"\b" + re.escape(phrase) + r"\b"
-        if re.search(pattern, text):
-            found.add(name)
-            text = re.sub(pattern, " ", text)
-    return found
-
-
 def test_build_reaches_hours_and_writes_card(built):
     out, summary, records = built
     assert summary["hours"] >= 0.03 - 14 / 3600
@@ -118,7 +102,7 @@ def test_captions_name_only_instruments_in_the_midi(built):
         tags = r["tags"]
         assert {BY_NAME[n].program for n in tags["instruments"] if n != "drum kit"} == programs
         assert ("drum kit" in tags["instruments"]) == drums == tags["drums"]
-        named = _named_instruments(r["caption"], tags["ensemble"] if tags["ensemble_complete"] else "\0")
+        named = named_instruments(r["caption"], tags["ensemble"] if tags["ensemble_complete"] else "\0")
         assert named <= set(tags["instruments"]), (r["caption"], tags["instruments"])
         assert named or tags["ensemble_complete"], r["caption"]
         families = {BY_NAME[n].family if n != "drum kit" else "drums" for n in tags["instruments"]}

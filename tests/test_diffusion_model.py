@@ -228,3 +228,23 @@ def test_cached_latent_windows_carry_the_clips_beat_grid(tmp_path):
                                    DiTConfig(**TINY, beat_clock=True))
     assert always_dropped.get_item(0, np.random.default_rng(1))["beat"].abs().sum() == 0
     assert "beat" not in CachedLatents(data, DiTConfig(**TINY)).get_item(0, np.random.default_rng(1))
+
+
+def test_cached_latent_windows_draw_fresh_captions_from_the_tags(tmp_path):
+    from tunesmith.conditioning.attributes import parse_tempo
+    from tunesmith.data.cache import write_frame_cache
+    from tunesmith.diffusion.train import CachedLatents, DataConfig
+
+    meta = {"kind": "latents", "model": "test", "frame_rate": 25.0, "sample_rate": 24000, "latent_dim": 4}
+    tags = {"instruments": ["marimba"], "families": ["mallets"], "tempo_bpm": 128, "key": "C", "mode": "major",
+            "style": "pop", "dynamics_range": ["mf", "mf"], "meter": "4/4", "ensemble": "marimba",
+            "ensemble_complete": False, "segments": []}
+    write_frame_cache(tmp_path, "train", [(np.zeros((80, 4), dtype=np.float32), {"id": "a", "caption": "x", "tags": tags})], meta)
+    fixed = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20), DiTConfig(**TINY))
+    assert {fixed.get_item(0, np.random.default_rng(s))["caption"] for s in range(5)} == {"x"}
+    fresh = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20, caption_resample=1.0), DiTConfig(**TINY))
+    captions = [fresh.get_item(0, np.random.default_rng(s))["caption"] for s in range(10)]
+    assert len(set(captions)) > 5 and "x" not in captions
+    assert all(parse_tempo(c) in (None, 128) for c in captions)
+    with pytest.raises(ValueError, match="caption_resample"):
+        DataConfig(caption_resample=1.5)

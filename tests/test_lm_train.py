@@ -114,3 +114,35 @@ def test_init_from_a_model_without_the_clock(tmp_path):
     save(lm(beat_clock=True), tmp_path / "clocked")
     with pytest.raises(ValueError, match="beat_proj"):  # the other way round drops a part: refused
         init_from(lm(), str(tmp_path / "clocked"))
+
+
+class WordLengthEncoder:
+    """A stand-in text encoder for data tests: one state per word, holding the word's length."""
+
+    dim = 4
+
+    def encode(self, texts):
+        states = [torch.tensor([[float(len(w))] * self.dim for w in t.split()]) for t in texts]
+        from tunesmith.conditioning.text import pad_states
+
+        return pad_states(states)
+
+    def embed(self, texts):
+        return torch.nn.functional.normalize(self.encode(texts)[0].sum(1), dim=-1)
+
+
+def test_windows_draw_fresh_captions_for_training_only(tmp_path):
+    meta = {"kind": "tokens", "model": "test", "frame_rate": 50.0, "sample_rate": 32000, "num_codebooks": K}
+    tags = {"instruments": ["harp"], "families": ["plucked"], "tempo_bpm": 76, "key": "E-flat", "mode": "major",
+            "style": "ambient", "dynamics_range": ["p", "p"], "meter": "4/4", "ensemble": "harp",
+            "ensemble_complete": False, "segments": []}
+    write_frame_cache(tmp_path, "train", [(np.zeros((60, K), dtype=np.int64), {"id": "a", "caption": "x", "tags": tags})], meta)
+    states = {"x": torch.zeros(1, 4)}
+    with pytest.raises(ValueError, match="encoder"):
+        TokenWindows(FrameCache(tmp_path, "train"), K, 20, states, caption_resample=0.5)
+    windows = TokenWindows(FrameCache(tmp_path, "train"), K, 20, states, encoder=WordLengthEncoder(), caption_resample=1.0)
+    texts = [windows.get_item(0, np.random.default_rng(seed))["text"] for seed in range(8)]
+    assert all(t.shape[0] > 1 and t.abs().sum() > 0 for t in texts)  # fresh captions, encoded on the fly
+    assert len({tuple(t[:, 0].tolist()) for t in texts}) > 4
+    torch.testing.assert_close(windows.get_item(0, np.random.default_rng(3))["text"], texts[3])  # seeded
+    assert windows[0]["text"].abs().sum() == 0  # validation keeps the corpus caption

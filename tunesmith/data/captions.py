@@ -194,3 +194,81 @@ def segment_texts(segments: list[dict[str, Any]], rng: np.random.Generator) -> l
                          else _pick(rng, ("softer", "quieter", "calmer")))
         out.append(f"{span} {', '.join(parts) if parts else 'continues'}")
     return out
+
+
+# how a prompt may name a clip whose instruments all belong to one family (not "plucked":
+# "plucked strings" would read as the string ensemble)
+FAMILY_WORDS: dict[str, tuple[str, ...]] = {
+    "strings": ("strings", "string section"), "brass": ("brass", "brass instruments"),
+    "woodwinds": ("woodwinds", "winds"), "mallets": ("mallet percussion", "tuned percussion"),
+    "choir": ("voices", "choir"), "organ": ("organ",), "guitar": ("guitar", "guitars"),
+    "synth": ("synths", "synthesizers"), "piano": ("keys", "keyboard"),
+    "bass": ("bass",), "drums": ("drums", "percussion"),
+}
+# the tags a caption is drawn from; a record lacking one keeps its corpus caption
+CAPTION_TAGS = ("instruments", "tempo_bpm", "key", "mode", "style", "dynamics_range", "meter")
+
+
+def _prompt_instruments(tags: dict[str, Any], rng: np.random.Generator) -> str:
+    families = set(tags.get("families", ()))
+    draw = rng.random()
+    if len(families) == 1 and draw < 0.2 and next(iter(families)) in FAMILY_WORDS:
+        return _pick(rng, FAMILY_WORDS[next(iter(families))])
+    if len(tags["instruments"]) == 1 and draw < 0.6:
+        return "solo " + say_instrument(tags["instruments"][0], rng)
+    return instrumentation(tags, rng)
+
+
+def _prompt_key(tags: dict[str, Any], rng: np.random.Generator) -> str:
+    key = tags["key"]
+    if rng.random() < 0.2:  # "Bb", "F#": how many people type keys
+        key = key.replace("-flat", "b").replace("-sharp", "#")
+    return f"{'in ' if rng.random() < 0.4 else ''}{key} {tags['mode']}"
+
+
+def prompt_caption(tags: dict[str, Any], rng: np.random.Generator) -> str:
+    """A short prompt of the kind people type ("Dreamy harp, E-flat major, 76 BPM").
+
+    Corpus captions are full sentences from a few templates; prompts are terse and
+    ordered freely.  Training on both (``resample_caption``) teaches the text pathway
+    the facts rather than the sentence shapes.  Every fact still comes from ``tags``;
+    key and tempo are each left out now and then, as people do.
+    """
+    bpm = int(tags["tempo_bpm"])
+    mood = _pick(rng, tags["adjectives"]) if tags.get("adjectives") and rng.random() < 0.8 else pace_word(bpm)
+    inst = _prompt_instruments(tags, rng)
+    noun = _pick(rng, STYLE_NOUNS.get(tags["style"], ("piece",)))
+    head = _pick(rng, (f"{mood} {inst} {noun}", f"{inst} {noun}, {mood}", f"{mood} {noun} for {inst}",
+                       f"{inst}, {mood}", f"{mood} {inst}"))
+    tail = []
+    if rng.random() < 0.9:
+        tail.append(_prompt_key(tags, rng))
+    if rng.random() < 0.9:
+        tail.append(_pick(rng, (f"{bpm} BPM", f"{bpm} bpm", f"around {bpm} BPM", f"at {bpm} BPM",
+                                f"{bpm} beats per minute")))
+    if rng.random() < 0.25:
+        tail.append(pace_word(bpm))
+    tail = [tail[i] for i in rng.permutation(len(tail))]
+    text = ", ".join([head] + tail)
+    return text[0].upper() + text[1:]
+
+
+def resample_caption(record: dict[str, Any], rng: np.random.Generator, probability: float) -> str:
+    """The record's corpus caption or, with ``probability``, a fresh one drawn from its tags.
+
+    A fresh caption is half the time a corpus-style sentence (new wording, order and
+    synonyms) and half the time a short prompt (:func:`prompt_caption`).  One fixed
+    caption per clip lets a model tie the caption's incidental words to the clip;
+    drawing new ones each time it is seen ties the facts to the sound instead (the
+    same reason Stable Audio builds prompts from random subsets of the metadata).
+    """
+    tags = record.get("tags") or {}
+    if probability <= 0 or rng.random() >= probability or any(name not in tags for name in CAPTION_TAGS):
+        return record["caption"]
+    tags = dict(tags)
+    if not tags.get("adjectives"):  # the corpus keeps the style, not the adjectives it drew from
+        from tunesmith.data.styles import STYLES
+
+        style = STYLES.get(tags["style"])
+        tags["adjectives"] = list(style.adjectives) if style else []
+    return caption(tags, rng) if rng.random() < 0.5 else prompt_caption(tags, rng)

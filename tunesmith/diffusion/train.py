@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from tunesmith.checkpoint import save
 from tunesmith.conditioning.beat import clip_clock
 from tunesmith.config import ConfigError, register_preset
+from tunesmith.data.captions import resample_caption
 from tunesmith.diffusion.denoiser import Denoiser
 from tunesmith.diffusion.dit import DiT, DiTConfig
 from tunesmith.diffusion.objectives import sample_training_sigmas
@@ -47,6 +48,7 @@ class DataConfig:
     cfg_dropout: float = 0.1  # probability of dropping the text of an item
     mask_probability: float = 0.3  # probability of an inpainting mask on an item
     beat_dropout: float = 0.2  # with model.beat_clock: probability of dropping an item's clock (independent of the text)
+    caption_resample: float = 0.0  # probability of a caption freshly drawn from the clip's tags (data.captions.resample_caption)
     # synthetic data
     synthetic_items: int = 512
     synthetic_classes: int = 2
@@ -55,7 +57,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("cfg_dropout", "mask_probability", "beat_dropout"):
+        for name in ("cfg_dropout", "mask_probability", "beat_dropout", "caption_resample"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.segment_frames < 2 or self.latent_scale <= 0 or self.synthetic_items < 1 or self.synthetic_classes < 1:
@@ -206,7 +208,8 @@ class CachedLatents(Dataset):
         if window.shape[-1] < size:  # short clip: zero-pad; seconds_total tells the model where it ends
             window = torch.nn.functional.pad(window, (0, size - window.shape[-1]))
         record = self.cache.records[index]
-        item = _finish_item(window, None, record["caption"], start / self.frame_rate, total / self.frame_rate, self.data, rng)
+        caption = resample_caption(record, rng, self.data.caption_resample)
+        item = _finish_item(window, None, caption, start / self.frame_rate, total / self.frame_rate, self.data, rng)
         if self.beat_clock:  # the clip's grid (cut at a bar line: a beat on its first frame), from the window's start
             item["beat"] = clip_clock(record, size, self.frame_rate, start) * float(rng.random() >= self.data.beat_dropout)
         return item

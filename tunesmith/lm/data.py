@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from tunesmith.conditioning.beat import clip_clock
 from tunesmith.conditioning.text import TextEncoder, pad_states
+from tunesmith.data.captions import resample_caption
 from tunesmith.data.cache import CacheError, FrameCache
 
 TEXT_DTYPE = torch.float16  # states are stored at half precision: the cache stays small
@@ -65,6 +66,10 @@ class TokenWindows(Dataset):
     (CLOCK_DIM, segment) with ``beat_clock``: the clip's beat grid (the corpus cuts clips
     at bar lines, so a beat falls on the clip's first frame) at its ``tags.tempo_bpm``,
     zeros for a clip without one.
+
+    With ``caption_resample`` > 0 (and an ``encoder``), training items (``get_item``) draw
+    a fresh caption from the clip's tags that often (``data.captions.resample_caption``)
+    and encode it on the fly; ``__getitem__`` (validation) keeps the corpus caption.
     """
 
     def __init__(
@@ -76,6 +81,8 @@ class TokenWindows(Dataset):
         melody: list[torch.Tensor] | None = None,
         max_text_tokens: int = 64,
         beat_clock: bool = False,
+        encoder: TextEncoder | None = None,
+        caption_resample: float = 0.0,
     ) -> None:
         if cache.kind != "tokens":
             raise CacheError(f"{cache.dir} holds {cache.kind}, the token LM needs tokens")
@@ -85,6 +92,9 @@ class TokenWindows(Dataset):
         self.cache, self.K, self.segment = cache, num_codebooks, segment_frames
         self.text_states, self.melody, self.max_text_tokens = text_states, melody, max_text_tokens
         self.beat_clock = beat_clock
+        if caption_resample > 0 and encoder is None:
+            raise ValueError("caption_resample needs the text encoder to encode the fresh captions")
+        self.encoder, self.caption_resample = encoder, caption_resample
         self.frame_rate = float(cache.meta.get("frame_rate", 0.0))
         if beat_clock and self.frame_rate <= 0:
             raise CacheError(f"{cache.dir} does not say its frame_rate, which a beat clock needs")
@@ -93,19 +103,26 @@ class TokenWindows(Dataset):
         return len(self.cache)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._item(index, 0.0)
+        return self._item(index, 0.0, self.cache.records[index]["caption"])
 
     def get_item(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        return self._item(index, float(rng.random()))
+        start_fraction = float(rng.random())
+        return self._item(index, start_fraction, resample_caption(self.cache.records[index], rng, self.caption_resample))
 
-    def _item(self, index: int, start_fraction: float) -> dict[str, Any]:
+    def _text(self, caption: str) -> torch.Tensor:
+        if caption in self.text_states:
+            return self.text_states[caption]
+        assert self.encoder is not None
+        states, mask = self.encoder.encode([caption])
+        return states[0, mask[0]]
+
+    def _item(self, index: int, start_fraction: float, caption: str) -> dict[str, Any]:
         frames = self.cache.clip_frames(index)  # (T, K_all)
         start = int(start_fraction * max(0, frames.shape[0] - self.segment))
         window = frames[start : start + self.segment, : self.K].T.to(torch.int64)
         length = window.shape[1]
         tokens = torch.nn.functional.pad(window, (0, self.segment - length))
-        caption = self.cache.records[index]["caption"]
-        item = {"tokens": tokens, "length": length, "text": self.text_states[caption][: self.max_text_tokens].float()}
+        item = {"tokens": tokens, "length": length, "text": self._text(caption)[: self.max_text_tokens].float()}
         if self.melody is not None:
             mel = self.melody[index][:, start : start + self.segment].float()
             item["melody"] = torch.nn.functional.pad(mel, (0, self.segment - mel.shape[1]))

@@ -38,6 +38,9 @@ class RunConfig:
     # An LM (or token-LM generator) directory to start from (tunesmith.checkpoint.init_from): it may
     # lack parts this model adds, e.g. a beat clock, which then start at zero.
     init_from: str = ""
+    # probability that a training window gets a caption freshly drawn from its clip's tags
+    # instead of the corpus caption (tunesmith.data.captions.resample_caption)
+    caption_resample: float = 0.0
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -45,6 +48,8 @@ class RunConfig:
             raise ValueError(f"segment_frames must be >= 2, got {self.segment_frames}")
         if self.segment_frames > self.model.max_frames:
             raise ValueError(f"segment_frames {self.segment_frames} exceeds the model context max_frames {self.model.max_frames}")
+        if not 0.0 <= self.caption_resample <= 1.0:
+            raise ValueError(f"caption_resample must be in [0, 1], got {self.caption_resample}")
 
 
 def _transformer(layers: int, heads: int, ffn: int = 0) -> dict[str, Any]:
@@ -160,7 +165,8 @@ class LMTask:
         if top >= c.codebook_size:
             raise ValueError(f"cache has token id {top}, model.codebook_size is {c.codebook_size}")
         melody = melody_tracks(cache, self.config.codec, out / f"melody_{split}.safetensors", c.num_codebooks) if c.melody else None
-        return TokenWindows(cache, c.num_codebooks, self.config.segment_frames, states, melody, c.max_text_tokens, c.beat_clock)
+        return TokenWindows(cache, c.num_codebooks, self.config.segment_frames, states, melody, c.max_text_tokens, c.beat_clock,
+                            encoder=encoder, caption_resample=self.config.caption_resample)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"lm": self.model}
