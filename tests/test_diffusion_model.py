@@ -210,6 +210,27 @@ def test_beat_clock_starts_silent_then_steers_and_is_checked():
         clocked(**args, beat=clock[..., :5])
 
 
+def test_key_input_starts_silent_then_steers_and_is_checked():
+    from tunesmith.conditioning.key import KEY_DIM, key_vector
+
+    plain = _randomize_output(DiT(DiTConfig(**TINY)))
+    keyed = DiT(DiTConfig(**TINY, key_input=True)).eval()
+    keyed.load_state_dict(plain.state_dict(), strict=False)  # as init_from does
+    args = _inputs()
+    key = torch.stack([key_vector(0, "major"), key_vector(9, "minor")])
+    with torch.no_grad():
+        torch.testing.assert_close(keyed(**args, key=key), plain(**args))  # zero-initialised: no change yet
+        torch.nn.init.normal_(keyed.key_proj.weight)
+        out = keyed(**args, key=key)
+        assert not torch.allclose(out, plain(**args))
+        assert not torch.allclose(out, keyed(**args, key=key.flip(0)))
+        torch.testing.assert_close(keyed(**args, key=torch.zeros(2, KEY_DIM)), plain(**args))  # zeros: none
+    with pytest.raises(ValueError, match="no key input"):
+        plain(**args, key=key)
+    with pytest.raises(ValueError, match="key must be"):
+        keyed(**args, key=key[:, :5])
+
+
 def test_cached_latent_windows_carry_the_clips_beat_grid(tmp_path):
     from tunesmith.conditioning.beat import beat_clock
     from tunesmith.data.cache import write_frame_cache
@@ -232,6 +253,8 @@ def test_cached_latent_windows_carry_the_clips_beat_grid(tmp_path):
 
 def test_cached_latent_windows_draw_fresh_captions_from_the_tags(tmp_path):
     from tunesmith.conditioning.attributes import parse_tempo
+    from tunesmith.conditioning.key import clip_key
+    from tunesmith.diffusion.train import collate
     from tunesmith.data.cache import write_frame_cache
     from tunesmith.diffusion.train import CachedLatents, DataConfig
 
@@ -245,6 +268,9 @@ def test_cached_latent_windows_draw_fresh_captions_from_the_tags(tmp_path):
     fresh = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20, caption_resample=1.0), DiTConfig(**TINY))
     captions = [fresh.get_item(0, np.random.default_rng(s))["caption"] for s in range(10)]
     assert len(set(captions)) > 5 and "x" not in captions
+    keyed = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20, key_dropout=0.0), DiTConfig(**TINY, key_input=True))
+    torch.testing.assert_close(keyed.get_item(0, np.random.default_rng(0))["key"], clip_key({"tags": tags}))
+    assert "key" in collate([keyed.get_item(0, np.random.default_rng(s)) for s in range(2)])
     assert all(parse_tempo(c) in (None, 128) for c in captions)
     with pytest.raises(ValueError, match="caption_resample"):
         DataConfig(caption_resample=1.5)

@@ -159,6 +159,24 @@ def test_a_beat_clock_model_gets_the_prompted_tempo(generator):
     assert "beat" not in generator.conditioning(["a jig at 150 BPM"], 1.0)[0]  # a model without a clock gets none
 
 
+def test_a_key_input_model_gets_the_prompted_key(generator):
+    from tunesmith.conditioning.key import key_vector
+
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(latent_dim=8, width=32, depth=2, heads=2, text_dim=384, fourier_dim=16, max_seconds=8.0,
+                        key_input=True))
+    with torch.no_grad():
+        dit.proj_out.weight.normal_(0, 0.1)
+        dit.key_proj.weight.normal_(0, 1.0)  # as if trained
+    keyed = LatentDiffusionGenerator(dit.eval(), generator.codec, generator.text_encoder)
+    cond, uncond = keyed.conditioning(["a hymn in B-flat minor", "a hymn"], 1.0)
+    torch.testing.assert_close(cond["key"][0], key_vector(10, "minor"))
+    assert cond["key"][1].abs().sum() == 0 and uncond["key"].abs().sum() == 0
+    minor = keyed.generate("a hymn in B-flat minor", duration=1.0, seed=0, steps=3).samples
+    assert not torch.equal(minor, keyed.generate("a hymn in B-flat major", duration=1.0, seed=0, steps=3).samples)
+    assert "key" not in generator.conditioning(["a hymn in B-flat minor"], 1.0)[0]
+
+
 def test_train_cli_runs_and_exports(tmp_path, capsys):
     code = main(["train", "diffusion", "--preset", "tiny", "--set", "train.steps=4", "--out", str(tmp_path / "run"),
                  "--export", str(tmp_path / "model")])

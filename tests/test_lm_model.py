@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock
+from tunesmith.conditioning.key import KEY_DIM, key_vector
 from tunesmith.lm.decode import decode_window, generate_tokens
 from tunesmith.lm.model import Conditioning, LMConfig, TokenLM, drop_conditions
 from tunesmith.lm.patterns import layout, to_sequence
@@ -15,18 +16,19 @@ K, N, TEXT_DIM = 3, 16, 8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-def tiny(conditioning="cross", melody=False, pattern="delay", max_frames=32, beat=False) -> TokenLM:
+def tiny(conditioning="cross", melody=False, pattern="delay", max_frames=32, beat=False, key=False) -> TokenLM:
     torch.manual_seed(0)
     cfg = LMConfig(num_codebooks=K, codebook_size=N, dim=32, pattern=pattern, conditioning=conditioning,
                    backbone_config={"num_layers": 2, "num_heads": 4}, text_dim=TEXT_DIM, max_text_tokens=6,
-                   melody=melody, max_frames=max_frames, beat_clock=beat)
+                   melody=melody, max_frames=max_frames, beat_clock=beat, key_input=key)
     model = TokenLM(cfg).eval()
-    if beat:  # as if trained: the zero initialisation would hide a clock read at the wrong step
-        torch.nn.init.normal_(model.beat_proj.weight)
+    for proj in (model.beat_proj, model.key_proj):  # as if trained: the zero initialisation would hide a
+        if proj is not None:  # clock read at the wrong step, or a key that never arrives
+            torch.nn.init.normal_(proj.weight)
     return model
 
 
-def conditions(B=2, frames=10, melody=False, beat=False) -> Conditioning:
+def conditions(B=2, frames=10, melody=False, beat=False, key=False) -> Conditioning:
     g = torch.Generator().manual_seed(1)
     text = torch.randn(B, 5, TEXT_DIM, generator=g)
     mask = torch.ones(B, 5, dtype=torch.bool)
@@ -37,34 +39,39 @@ def conditions(B=2, frames=10, melody=False, beat=False) -> Conditioning:
     clock = None
     if beat:  # a beat every 7.5 frames in the first row, none in the second
         clock = torch.stack([beat_clock(400.0, frames, 50.0), torch.zeros(CLOCK_DIM, frames)])[:B]
-    return Conditioning(text, mask, mel, clock)
+    keys = torch.stack([key_vector(9, "minor"), torch.zeros(KEY_DIM)])[:B] if key else None  # A minor, none
+    return Conditioning(text, mask, mel, clock, keys)
 
 
 def cached_logits(model: TokenLM, steps: torch.Tensor, cond: Conditioning | None, prefill: int) -> torch.Tensor:
     """Logits of every step computed the decoding way: a prefill, then one position at a time."""
     prefix, cross, cross_mask = model.condition(cond, steps.shape[0])
-    clock = model.step_clock(cond, cond.beat.shape[-1]) if cond is not None and cond.beat is not None else None
+    frames = cond.beat.shape[-1] if cond is not None and cond.beat is not None else 0
+    added = model.step_inputs(cond, frames)
     P = 0 if prefix is None else prefix.shape[1]
     S = steps.shape[2]
     state = model.backbone.allocate_state(steps.shape[0], P + S, "cpu", torch.float32)
-    outs = [model.backbone.step(model.sequence_input(steps[:, :, :prefill], prefix, clock), state, cross, cross_mask)[:, P:]]
+    outs = [model.backbone.step(model.sequence_input(steps[:, :, :prefill], prefix, added), state, cross, cross_mask)[:, P:]]
     for s in range(prefill, S - 1):
         x = model.embed_steps(steps[:, :, s : s + 1])
-        outs.append(model.backbone.step(x if clock is None else x + clock[:, s + 1 : s + 2], state, cross, cross_mask))
+        if added is not None:
+            x = x + (added if added.shape[1] == 1 else added[:, s + 1 : s + 2])
+        outs.append(model.backbone.step(x, state, cross, cross_mask))
     return model.logits(torch.cat(outs, 1))
 
 
 @pytest.mark.parametrize(
-    "conditioning,melody,use_cond,beat",
-    [("cross", False, False, False), ("cross", False, True, False), ("prefix", False, True, False),
-     ("cross", True, True, False), ("prefix", True, True, False), ("cross", False, True, True), ("prefix", True, True, True)],
+    "conditioning,melody,use_cond,beat,key",
+    [("cross", False, False, False, False), ("cross", False, True, False, False), ("prefix", False, True, False, False),
+     ("cross", True, True, False, False), ("prefix", True, True, False, False), ("cross", False, True, True, False),
+     ("prefix", True, True, True, False), ("cross", False, True, False, True), ("cross", False, True, True, True)],
 )
-def test_cached_decoding_equals_full_forward(conditioning, melody, use_cond, beat):
-    model = tiny(conditioning, melody, beat=beat)
+def test_cached_decoding_equals_full_forward(conditioning, melody, use_cond, beat, key):
+    model = tiny(conditioning, melody, beat=beat, key=key)
     T = 10
     tokens = torch.randint(0, N, (2, K, T), generator=torch.Generator().manual_seed(2))
     steps = to_sequence(tokens, layout("delay", K, T), fill=N)
-    cond = conditions(frames=T, melody=melody, beat=beat) if use_cond else None
+    cond = conditions(frames=T, melody=melody, beat=beat, key=key) if use_cond else None
     with torch.no_grad():
         full = model(steps, cond)
         for prefill in (0, 4):
@@ -139,14 +146,18 @@ def test_greedy_is_deterministic_argmax():
 
 def test_condition_dropout_is_per_example_and_separate():
     cond = conditions(B=400, frames=4, melody=True)
-    cond = Conditioning(cond.text, cond.text_mask, cond.melody, beat_clock(120.0, 4, 50.0).expand(400, -1, -1))
-    dropped = drop_conditions(cond, 0.25, 0.75, generator=torch.Generator().manual_seed(0), beat_p=0.5)
+    cond = Conditioning(cond.text, cond.text_mask, cond.melody, beat_clock(120.0, 4, 50.0).expand(400, -1, -1),
+                        key_vector(2, "major").expand(400, -1))
+    dropped = drop_conditions(cond, 0.25, 0.75, generator=torch.Generator().manual_seed(0), beat_p=0.5, key_p=0.5)
     text_gone = ~dropped.text_mask.any(1)
     melody_gone = dropped.melody.sum((1, 2)) == 0
     beat_gone = dropped.beat.abs().sum((1, 2)) == 0
     assert 0.15 < text_gone.float().mean() < 0.35 and 0.65 < melody_gone.float().mean() < 0.85
     assert 0.4 < beat_gone.float().mean() < 0.6
+    key_gone = dropped.key.abs().sum(1) == 0
+    assert 0.4 < key_gone.float().mean() < 0.6
     assert (text_gone != melody_gone).any() and (beat_gone != text_gone).any()  # independent draws
+    assert (key_gone != beat_gone).any() and (key_gone != text_gone).any()
 
 
 @pytest.mark.parametrize("pattern", ["delay", "parallel", "flattening", "coarse_first"])
@@ -181,6 +192,26 @@ def test_unguided_conditions_stay_in_the_unconditional_rows():
     guided = generate_tokens(model, 6, cond, cfg_scale=3.0, temperature=0.0, unguided=everything)
     assert torch.equal(guided, generate_tokens(model, 6, cond, cfg_scale=1.0, temperature=0.0))
     assert not torch.equal(guided, generate_tokens(model, 6, cond, cfg_scale=3.0, temperature=0.0))
+
+
+def test_the_key_reaches_every_step_in_decoding_and_guidance():
+    model = tiny(key=True)
+    T = 8
+    cond = conditions(frames=T, key=True)
+    with torch.no_grad():
+        out = generate_tokens(model, T, cond, cfg_scale=1.0, temperature=0.0)
+        steps = to_sequence(out, layout("delay", K, T), fill=N)
+        again = model(steps, cond).argmax(-1)
+    valid = (layout("delay", K, T) >= 0).t()
+    assert torch.equal(torch.where(valid, again, steps), steps)  # one step at a time = all at once
+    no_key = Conditioning(cond.text, cond.text_mask, None, None, torch.zeros_like(cond.key))
+    without = generate_tokens(model, T, no_key, cfg_scale=1.0, temperature=0.0)
+    assert not torch.equal(without[0], out[0]) and torch.equal(without[1], out[1])  # row 1 named no key
+    assert torch.equal(cond.null(keep=("key",)).key, cond.key) and cond.null().key.abs().sum() == 0
+    with pytest.raises(ValueError, match="takes a key"):
+        model(steps, Conditioning(cond.text, cond.text_mask))
+    with pytest.raises(ValueError, match="no key input"):
+        tiny()(steps, cond)
 
 
 def test_a_zero_initialised_clock_leaves_the_model_unchanged():

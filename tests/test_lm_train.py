@@ -10,7 +10,8 @@ from tunesmith.config import apply_overrides, preset
 from tunesmith.data.cache import write_frame_cache
 from tunesmith.lm.decode import generate_tokens
 from tunesmith.data.cache import FrameCache
-from tunesmith.lm.data import TokenWindows
+from tunesmith.lm.data import TokenWindows, collate_windows
+from tunesmith.conditioning.key import KEY_DIM, key_vector
 from tunesmith.lm.model import Conditioning, LMConfig, TokenLM
 from tunesmith.lm.train import export, make_task, valid_cells
 from tunesmith.lm.patterns import layout
@@ -146,3 +147,6 @@ def test_windows_draw_fresh_captions_for_training_only(tmp_path):
     assert len({tuple(t[:, 0].tolist()) for t in texts}) > 4
     torch.testing.assert_close(windows.get_item(0, np.random.default_rng(3))["text"], texts[3])  # seeded
     assert windows[0]["text"].abs().sum() == 0  # validation keeps the corpus caption
+    keyed = TokenWindows(FrameCache(tmp_path, "train"), K, 20, states, key_input=True)
+    torch.testing.assert_close(keyed[0]["key"], key_vector(3, "major"))  # E-flat major, from the tags
+    assert collate_windows([keyed[0], keyed[0]])["key"].shape == (2, KEY_DIM)

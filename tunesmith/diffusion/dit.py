@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tunesmith.checkpoint import register_model
 from tunesmith.conditioning.beat import CLOCK_DIM
+from tunesmith.conditioning.key import KEY_DIM
 
 
 @dataclass
@@ -57,6 +58,7 @@ class DiTConfig:
     parameterization: str = "v"  # "v" (cosine schedule) or "edm"
     sigma_data: float = 1.0  # EDM's data standard deviation (latents are ~unit variance)
     beat_clock: bool = False  # add the prompted tempo's beat clock (conditioning/beat.py) to every frame
+    key_input: bool = False  # add the prompted key's vector (conditioning/key.py) to every frame
 
     def __post_init__(self) -> None:
         for name in ("latent_dim", "width", "depth", "heads", "text_dim", "fourier_dim"):
@@ -243,8 +245,10 @@ class DiT(nn.Module):
         # No bias: a zero clock ("none") adds nothing; zero-initialised, so a trained DiT
         # given a clock to learn (tunesmith.checkpoint.init_from) starts out exactly as it was.
         self.beat_proj = nn.Linear(CLOCK_DIM, w, bias=False) if config.beat_clock else None
-        if self.beat_proj is not None:
-            nn.init.zeros_(self.beat_proj.weight)
+        self.key_proj = nn.Linear(KEY_DIM, w, bias=False) if config.key_input else None  # the same, for the key
+        for proj in (self.beat_proj, self.key_proj):
+            if proj is not None:
+                nn.init.zeros_(proj.weight)
         self.noise_embed = FourierFeatures(config.fourier_dim, w)
         self.start_embed = FourierFeatures(config.fourier_dim, w, scale=1.0)
         self.total_embed = FourierFeatures(config.fourier_dim, w, scale=1.0)
@@ -288,13 +292,15 @@ class DiT(nn.Module):
         inpaint_latents: torch.Tensor | None = None,
         encoded_text: tuple[torch.Tensor, torch.Tensor] | None = None,
         beat: torch.Tensor | None = None,
+        key: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, D, T), noise_level (B,) -> (B, D, T).
 
         ``inpaint_mask`` (B, 1, T) is 1 where the latents are known (kept) and
         ``inpaint_latents`` (B, D, T) holds them; both default to "nothing known".
         ``beat`` (B, CLOCK_DIM, T), for a model with a beat clock, is the clock of each
-        frame; it defaults to zeros ("no clock").
+        frame; it defaults to zeros ("no clock").  ``key`` (B, KEY_DIM), for a model with a
+        key input, is the key vector; it defaults to zeros ("no key").
         """
         cfg = self.config
         b, d, t = x.shape
@@ -320,6 +326,12 @@ class DiT(nn.Module):
             if beat.shape[1:] != (CLOCK_DIM, t):
                 raise ValueError(f"beat clock must be (B, {CLOCK_DIM}, {t}), got {tuple(beat.shape)}")
             h = h + self.beat_proj(beat.to(h.dtype).transpose(1, 2))
+        if key is not None:
+            if self.key_proj is None:
+                raise ValueError("this model takes no key input")
+            if key.shape != (b, KEY_DIM):
+                raise ValueError(f"key must be (B={b}, {KEY_DIM}), got {tuple(key.shape)}")
+            h = h + self.key_proj(key.to(h.dtype))[:, None]
 
         cond = (
             self.noise_embed(noise_level.to(dev).float().expand(b))

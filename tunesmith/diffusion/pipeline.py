@@ -24,6 +24,7 @@ import torch
 from tunesmith.audio import Audio, load_audio, resample, to_channels
 from tunesmith.checkpoint import bundled_models, load_model, read_model_config, save
 from tunesmith.conditioning.beat import prompt_clocks
+from tunesmith.conditioning.key import prompt_keys
 from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser
 from tunesmith.diffusion.dit import DiT
 from tunesmith.diffusion.guidance import cfg_denoiser
@@ -112,7 +113,8 @@ class LatentDiffusionGenerator:
 
     def conditioning(self, prompts: Sequence[str], duration: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """(cond, uncond) inputs of the DiT: text tokens (dropped for uncond), timing and, for a
-        model with a beat clock, the clock of the tempo each prompt names (dropped for uncond)."""
+        model with a beat clock, the clock of the tempo each prompt names, and for one with a key
+        input, the key each prompt names (both dropped for uncond)."""
         text, mask = self.text_encoder.encode(list(prompts))
         text, mask = text.to(self.device), mask.to(self.device)
         b = text.shape[0]
@@ -125,6 +127,9 @@ class LatentDiffusionGenerator:
         if self.model.config.beat_clock:
             clocks = prompt_clocks(list(prompts), self.num_frames(duration), self.frame_rate)
             cond["beat"], uncond["beat"] = clocks.to(self.device), torch.zeros_like(clocks).to(self.device)
+        if self.model.config.key_input:
+            keys = prompt_keys(list(prompts))
+            cond["key"], uncond["key"] = keys.to(self.device), torch.zeros_like(keys).to(self.device)
         return cond, uncond
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from tunesmith.checkpoint import save
 from tunesmith.conditioning.beat import clip_clock
+from tunesmith.conditioning.key import clip_key
 from tunesmith.config import ConfigError, register_preset
 from tunesmith.data.captions import resample_caption
 from tunesmith.diffusion.denoiser import Denoiser
@@ -48,6 +49,7 @@ class DataConfig:
     cfg_dropout: float = 0.1  # probability of dropping the text of an item
     mask_probability: float = 0.3  # probability of an inpainting mask on an item
     beat_dropout: float = 0.2  # with model.beat_clock: probability of dropping an item's clock (independent of the text)
+    key_dropout: float = 0.2  # with model.key_input: probability of dropping an item's key (independent of the rest)
     caption_resample: float = 0.0  # probability of a caption freshly drawn from the clip's tags (data.captions.resample_caption)
     # synthetic data
     synthetic_items: int = 512
@@ -57,7 +59,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("cfg_dropout", "mask_probability", "beat_dropout", "caption_resample"):
+        for name in ("cfg_dropout", "mask_probability", "beat_dropout", "key_dropout", "caption_resample"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.segment_frames < 2 or self.latent_scale <= 0 or self.synthetic_items < 1 or self.synthetic_classes < 1:
@@ -194,7 +196,7 @@ class CachedLatents(Dataset):
         if width != model.latent_dim:
             raise ConfigError(f"cache latents have {width} channels but model.latent_dim is {model.latent_dim}")
         self.frame_rate = float(self.cache.meta["frame_rate"])
-        self.beat_clock = model.beat_clock
+        self.beat_clock, self.key_input = model.beat_clock, model.key_input
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -212,6 +214,8 @@ class CachedLatents(Dataset):
         item = _finish_item(window, None, caption, start / self.frame_rate, total / self.frame_rate, self.data, rng)
         if self.beat_clock:  # the clip's grid (cut at a bar line: a beat on its first frame), from the window's start
             item["beat"] = clip_clock(record, size, self.frame_rate, start) * float(rng.random() >= self.data.beat_dropout)
+        if self.key_input:
+            item["key"] = clip_key(record) * float(rng.random() >= self.data.key_dropout)
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -248,8 +252,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds_total": torch.tensor([it["seconds_total"] for it in items], dtype=torch.float32),
         "inpaint_mask": torch.stack([it["inpaint_mask"] for it in items]),
     }
-    if "beat" in items[0]:
-        batch["beat"] = torch.stack([it["beat"] for it in items])
+    for name in ("beat", "key"):
+        if name in items[0]:
+            batch[name] = torch.stack([it[name] for it in items])
     if items[0]["text"] is not None:
         batch["text"] = torch.stack([it["text"] for it in items])
     else:
@@ -311,8 +316,9 @@ class DiffusionTask:
         text, text_mask = self.text_tokens(batch, x0.device)
         denoiser = Denoiser(net, cfg.parameterization, cfg.sigma_data)
         extra = {"inpaint_mask": batch["inpaint_mask"], "inpaint_latents": x0} if cfg.inpainting else {}
-        if "beat" in batch:
-            extra["beat"] = batch["beat"]
+        for name in ("beat", "key"):
+            if name in batch:
+                extra[name] = batch[name]
         loss = denoiser.loss(
             x0, sigma, noise, text=text, text_mask=text_mask,
             seconds_start=batch["seconds_start"], seconds_total=batch["seconds_total"], **extra,

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from tunesmith.conditioning.beat import clip_clock
+from tunesmith.conditioning.key import clip_key
 from tunesmith.conditioning.text import TextEncoder, pad_states
 from tunesmith.data.captions import resample_caption
 from tunesmith.data.cache import CacheError, FrameCache
@@ -65,7 +66,8 @@ class TokenWindows(Dataset):
     float32; ``melody`` (12, segment) when a per-frame chroma track is given; ``beat``
     (CLOCK_DIM, segment) with ``beat_clock``: the clip's beat grid (the corpus cuts clips
     at bar lines, so a beat falls on the clip's first frame) at its ``tags.tempo_bpm``,
-    zeros for a clip without one.
+    zeros for a clip without one; ``key`` (KEY_DIM,) with ``key_input``: the clip's
+    ``tags.key`` and ``tags.mode`` as a key vector.
 
     With ``caption_resample`` > 0 (and an ``encoder``), training items (``get_item``) draw
     a fresh caption from the clip's tags that often (``data.captions.resample_caption``)
@@ -83,6 +85,7 @@ class TokenWindows(Dataset):
         beat_clock: bool = False,
         encoder: TextEncoder | None = None,
         caption_resample: float = 0.0,
+        key_input: bool = False,
     ) -> None:
         if cache.kind != "tokens":
             raise CacheError(f"{cache.dir} holds {cache.kind}, the token LM needs tokens")
@@ -94,7 +97,7 @@ class TokenWindows(Dataset):
         self.beat_clock = beat_clock
         if caption_resample > 0 and encoder is None:
             raise ValueError("caption_resample needs the text encoder to encode the fresh captions")
-        self.encoder, self.caption_resample = encoder, caption_resample
+        self.encoder, self.caption_resample, self.key_input = encoder, caption_resample, key_input
         self.frame_rate = float(cache.meta.get("frame_rate", 0.0))
         if beat_clock and self.frame_rate <= 0:
             raise CacheError(f"{cache.dir} does not say its frame_rate, which a beat clock needs")
@@ -128,6 +131,8 @@ class TokenWindows(Dataset):
             item["melody"] = torch.nn.functional.pad(mel, (0, self.segment - mel.shape[1]))
         if self.beat_clock:
             item["beat"] = clip_clock(self.cache.records[index], self.segment, self.frame_rate, start)
+        if self.key_input:
+            item["key"] = clip_key(self.cache.records[index])
         return item
 
 
@@ -139,7 +144,7 @@ def collate_windows(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "text": text,
         "text_mask": mask,
     }
-    for key in ("melody", "beat"):
+    for key in ("melody", "beat", "key"):
         if key in items[0]:
             batch[key] = torch.stack([it[key] for it in items])
     return batch

@@ -77,7 +77,7 @@ def decode_window(
     rows = 2 * B if guided else B
     full = cond.cat(cond.null(keep=unguided)) if guided else cond
     prefix, cross, cross_mask = model.condition(full, rows)
-    clock = model.step_clock(full, num_frames)  # (rows, S, D) or None
+    added = model.step_inputs(full, num_frames)  # (rows, S or 1, D) or None: beat clock and key
     P = 0 if prefix is None else prefix.shape[1]
     dtype = next(model.parameters()).dtype
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):  # quantized weights keep fp32 activations
@@ -87,7 +87,7 @@ def decode_window(
     def both(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x], 0) if guided else x
 
-    hidden = model.backbone.step(model.sequence_input(both(seq[:, :, :first]), prefix, clock), state, cross, cross_mask)[:, -1:]
+    hidden = model.backbone.step(model.sequence_input(both(seq[:, :, :first]), prefix, added), state, cross, cross_mask)[:, -1:]
     for s in range(first, S):
         logits = model.logits(hidden)[:, :, 0]  # (rows, K, N)
         if guided:
@@ -99,8 +99,8 @@ def decode_window(
             on_step()
         if s + 1 < S:
             x = model.embed_steps(both(seq[:, :, s : s + 1]))
-            if clock is not None:  # the input that predicts step s + 1 carries that step's clock
-                x = x + clock[:, s + 1 : s + 2]
+            if added is not None:  # the input that predicts step s + 1 carries that step's clock (and the key)
+                x = x + (added if added.shape[1] == 1 else added[:, s + 1 : s + 2])
             hidden = model.backbone.step(x, state, cross, cross_mask)
     return from_sequence(seq, table, num_frames)
 

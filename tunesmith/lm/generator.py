@@ -20,6 +20,7 @@ import torch
 from tunesmith.audio import Audio, load_audio, resample, to_channels
 from tunesmith.checkpoint import bundled_models, load_model, read_model_config, save
 from tunesmith.conditioning.beat import prompt_clocks
+from tunesmith.conditioning.key import prompt_keys
 from tunesmith.conditioning.melody import dominant_chroma
 from tunesmith.conditioning.text import TextEncoder, get_text_encoder
 from tunesmith.generator import check_request, register_generator
@@ -116,7 +117,8 @@ class TokenLMGenerator:
 
     def conditioning(self, prompts: list[str], num_frames: int, melody: Any = None) -> Conditioning:
         """Text states for ``prompts``; for a melody model, the reference's one-hot chroma; for a
-        model with a beat clock, the clock of the tempo each prompt names."""
+        model with a beat clock, the clock of the tempo each prompt names; for one with a key
+        input, the key each prompt names."""
         text, mask = self.text_encoder.encode(prompts)
         chroma = None
         if self.lm.config.melody:
@@ -133,7 +135,8 @@ class TokenLMGenerator:
         elif melody is not None:
             raise ValueError("this model is not melody-conditioned; drop the melody control")
         beat = prompt_clocks(prompts, num_frames, self.frame_rate) if self.lm.config.beat_clock else None
-        return Conditioning(text, mask, chroma, beat).to(self.device)
+        key = prompt_keys(prompts) if self.lm.config.key_input else None
+        return Conditioning(text, mask, chroma, beat, key).to(self.device)
 
     def prompt_tokens(self, audio: Any, batch: int) -> torch.Tensor:
         """Codec tokens (B, K, F) of an audio prompt to continue."""

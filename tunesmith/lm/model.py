@@ -21,7 +21,9 @@ dominant chroma bin of each frame as a one-hot, projected to the model width.
 
 A beat clock (``tunesmith.conditioning.beat``), when the model has one, is added to
 the input of every step: the clock of the frame a step generates, projected to the
-model width, so the model always knows where in the beat the next frame falls.
+model width, so the model always knows where in the beat the next frame falls.  The
+prompted key (``tunesmith.conditioning.key``), when the model takes one, is added to
+every step's input the same way.
 
 The sequence the backbone sees is ``[prefix | start | step 0 | ... | step S-2]`` and
 its output at ``start + s`` gives the logits of pattern step s.
@@ -39,6 +41,7 @@ from torch import nn
 from tunesmith.checkpoint import register_model
 from tunesmith.lm.backbones import Backbone, backbone_config, build_backbone
 from tunesmith.conditioning.beat import CLOCK_DIM
+from tunesmith.conditioning.key import KEY_DIM
 from tunesmith.lm.patterns import PATTERNS, layout, num_steps, step_frames
 
 
@@ -62,13 +65,15 @@ class LMConfig:
     melody_dropout: float = 0.2
     beat_clock: bool = False  # add the prompted tempo's beat clock to every step's input
     beat_dropout: float = 0.2  # independent of the text, so prompts without a tempo work too
+    key_input: bool = False  # add the prompted key's vector to every step's input
+    key_dropout: float = 0.2  # independent of the text and the clock
 
     def __post_init__(self) -> None:
         if self.num_codebooks < 1 or self.codebook_size < 2 or self.dim < 8:
             raise ValueError("need num_codebooks >= 1, codebook_size >= 2, dim >= 8")
         if self.max_frames < 1 or self.max_text_tokens < 1 or self.frame_rate <= 0:
             raise ValueError("max_frames, max_text_tokens and frame_rate must be positive")
-        for name in ("text_dropout", "melody_dropout", "beat_dropout"):
+        for name in ("text_dropout", "melody_dropout", "beat_dropout", "key_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.pattern not in PATTERNS:
@@ -91,27 +96,32 @@ class Conditioning:
     ``text`` (B, S, text_dim) with ``text_mask`` (B, S) bool (True = real token; a row
     of all False means "no text", the unconditional case of CFG); ``melody`` (B, 12, F)
     one-hot chroma per frame or all zeros for "no melody"; ``beat`` (B, CLOCK_DIM, F)
-    the beat clock per frame or all zeros for "no clock".
+    the beat clock per frame or all zeros for "no clock"; ``key`` (B, KEY_DIM) the key
+    vector or zeros for "no key".
     """
 
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     melody: torch.Tensor | None = None
     beat: torch.Tensor | None = None
+    key: torch.Tensor | None = None
+
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.text, self.text_mask, self.melody, self.beat, self.key)
 
     def _map(self, fn: Any) -> "Conditioning":
-        return Conditioning(*(None if t is None else fn(t) for t in (self.text, self.text_mask, self.melody, self.beat)))
+        return Conditioning(*(None if t is None else fn(t) for t in self.tensors()))
 
     def batch_size(self) -> int | None:
-        for t in (self.text, self.melody, self.beat):
+        for t in (self.text, self.melody, self.beat, self.key):
             if t is not None:
                 return t.shape[0]
         return None
 
     def null(self, keep: tuple[str, ...] = ()) -> "Conditioning":
         """The same shapes with every condition dropped but those named in ``keep``
-        ("text", "melody", "beat"): the unconditional half of CFG."""
-        unknown = set(keep) - {"text", "melody", "beat"}
+        ("text", "melody", "beat", "key"): the unconditional half of CFG."""
+        unknown = set(keep) - {"text", "melody", "beat", "key"}
         if unknown:
             raise ValueError(f"unknown conditions to keep: {', '.join(sorted(unknown))}")
         dropped = self._map(torch.zeros_like)
@@ -120,11 +130,12 @@ class Conditioning:
             self.text_mask if "text" in keep else dropped.text_mask,
             self.melody if "melody" in keep else dropped.melody,
             self.beat if "beat" in keep else dropped.beat,
+            self.key if "key" in keep else dropped.key,
         )
 
     def cat(self, other: "Conditioning") -> "Conditioning":
         """Stack two conditionings along the batch (conditional rows first)."""
-        pairs = zip((self.text, self.text_mask, self.melody, self.beat), (other.text, other.text_mask, other.melody, other.beat))
+        pairs = zip(self.tensors(), other.tensors())
         return Conditioning(*(None if a is None else torch.cat([a, b], 0) for a, b in pairs))
 
     def repeat(self, n: int) -> "Conditioning":
@@ -135,7 +146,7 @@ class Conditioning:
 
     def frames(self, start: int, length: int) -> "Conditioning":
         """The per-frame conditions (melody, beat) cut to frames [start, start + length),
-        zero-padded ("none") past their end; the text is unchanged."""
+        zero-padded ("none") past their end; the text and the key are unchanged."""
 
         def cut(x: torch.Tensor | None) -> torch.Tensor | None:
             if x is None:
@@ -143,14 +154,15 @@ class Conditioning:
             x = x[..., start : start + length]
             return F.pad(x, (0, length - x.shape[-1])) if x.shape[-1] < length else x
 
-        return Conditioning(self.text, self.text_mask, cut(self.melody), cut(self.beat))
+        return Conditioning(self.text, self.text_mask, cut(self.melody), cut(self.beat), self.key)
 
 
 def drop_conditions(
-    cond: Conditioning, text_p: float, melody_p: float, generator: torch.Generator | None = None, beat_p: float = 0.0
+    cond: Conditioning, text_p: float, melody_p: float, generator: torch.Generator | None = None, beat_p: float = 0.0,
+    key_p: float = 0.0,
 ) -> Conditioning:
-    """Independently drop the text, the melody and the beat clock of each example (CFG
-    training, MusicGen sec. 2.2)."""
+    """Independently drop the text, the melody, the beat clock and the key of each example
+    (CFG training, MusicGen sec. 2.2)."""
     B = cond.batch_size()
     if B is None:
         return cond
@@ -158,14 +170,16 @@ def drop_conditions(
     def keep(p: float, like: torch.Tensor) -> torch.Tensor:
         return (torch.rand(B, generator=generator) >= p).to(like.device)
 
-    text, mask, melody, beat = cond.text, cond.text_mask, cond.melody, cond.beat
+    text, mask, melody, beat, key = cond.tensors()
     if mask is not None and text_p > 0:
         mask = mask & keep(text_p, mask)[:, None]
     if melody is not None and melody_p > 0:
         melody = melody * keep(melody_p, melody)[:, None, None].to(melody.dtype)
     if beat is not None and beat_p > 0:
         beat = beat * keep(beat_p, beat)[:, None, None].to(beat.dtype)
-    return Conditioning(text, mask, melody, beat)
+    if key is not None and key_p > 0:
+        key = key * keep(key_p, key)[:, None].to(key.dtype)
+    return Conditioning(text, mask, melody, beat, key)
 
 
 @register_model("lm", LMConfig)
@@ -189,6 +203,7 @@ class TokenLM(nn.Module):
         # No bias: a zero clock ("none") adds nothing.  Zero-initialised, so a trained model
         # given a clock to learn starts out exactly as it was.
         self.beat_proj = nn.Linear(CLOCK_DIM, D, bias=False) if c.beat_clock else None
+        self.key_proj = nn.Linear(KEY_DIM, D, bias=False) if c.key_input else None  # the same, for the key
         self.backbone: Backbone = build_backbone(c.backbone, D, c.backbone_config, cross_attention=c.conditioning == "cross")
         self.head = nn.Linear(D, K * N, bias=False)  # the K heads as one matrix: one matmul per step
         # Our own layers start small (GPT-2 style); the backbone initialises itself.
@@ -196,8 +211,9 @@ class TokenLM(nn.Module):
             if module is not None:
                 nn.init.normal_(module.weight, std=0.02)
         nn.init.normal_(self.start, std=0.02)
-        if self.beat_proj is not None:
-            nn.init.zeros_(self.beat_proj.weight)
+        for proj in (self.beat_proj, self.key_proj):
+            if proj is not None:
+                nn.init.zeros_(proj.weight)
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -243,29 +259,42 @@ class TokenLM(nn.Module):
             raise ValueError("this model has no melody conditioning")
         return (torch.cat(prefix, 1) if prefix else None), cross, cross_mask
 
-    def step_clock(self, cond: Conditioning | None, num_frames: int) -> torch.Tensor | None:
-        """(B, S, D): the projected beat clock of the frame each pattern step generates, to
-        add to the input that predicts that step; None for a model without a clock."""
+    def step_inputs(self, cond: Conditioning | None, num_frames: int) -> torch.Tensor | None:
+        """(B, S or 1, D): what is added to the input that predicts each pattern step: the
+        projected beat clock of the frame the step generates, plus the projected key;
+        None for a model with neither."""
+        cond = cond or Conditioning()
+        out = None
         if self.beat_proj is None:
-            if cond is not None and cond.beat is not None:
+            if cond.beat is not None:
                 raise ValueError("this model has no beat clock")
-            return None
-        if cond is None or cond.beat is None:
-            raise ValueError("this model has a beat clock: give one (or zeros for none)")
-        if cond.beat.shape[1:] != (CLOCK_DIM, num_frames):
-            raise ValueError(f"beat clock must be (B, {CLOCK_DIM}, {num_frames}), got {tuple(cond.beat.shape)}")
-        c = self.config
-        frames = step_frames(layout(c.pattern, c.num_codebooks, num_frames)).to(cond.beat.device)
-        return self.beat_proj(cond.beat[:, :, frames].transpose(1, 2).to(self.start.dtype))
+        else:
+            if cond.beat is None:
+                raise ValueError("this model has a beat clock: give one (or zeros for none)")
+            if cond.beat.shape[1:] != (CLOCK_DIM, num_frames):
+                raise ValueError(f"beat clock must be (B, {CLOCK_DIM}, {num_frames}), got {tuple(cond.beat.shape)}")
+            c = self.config
+            frames = step_frames(layout(c.pattern, c.num_codebooks, num_frames)).to(cond.beat.device)
+            out = self.beat_proj(cond.beat[:, :, frames].transpose(1, 2).to(self.start.dtype))
+        if self.key_proj is None:
+            if cond.key is not None:
+                raise ValueError("this model takes no key input")
+        else:
+            if cond.key is None or cond.key.dim() != 2 or cond.key.shape[1] != KEY_DIM:
+                got = None if cond.key is None else tuple(cond.key.shape)
+                raise ValueError(f"this model takes a key: give (B, {KEY_DIM}) key vectors (zeros for none), got {got}")
+            key = self.key_proj(cond.key.to(self.start.dtype))[:, None]
+            out = key if out is None else out + key
+        return out
 
-    def sequence_input(self, steps: torch.Tensor, prefix: torch.Tensor | None, clock: torch.Tensor | None = None) -> torch.Tensor:
+    def sequence_input(self, steps: torch.Tensor, prefix: torch.Tensor | None, added: torch.Tensor | None = None) -> torch.Tensor:
         """[prefix | start | embed(steps)]: the backbone input for steps (B, K, S') already known.
 
-        ``clock`` (B, >= S' + 1, D) from :meth:`step_clock` is added to the S' + 1 step inputs."""
+        ``added`` (B, >= S' + 1 or 1, D) from :meth:`step_inputs` is added to the S' + 1 step inputs."""
         B = steps.shape[0]
         x = torch.cat([self.start.expand(B, 1, -1), self.embed_steps(steps)], 1)
-        if clock is not None:
-            x = x + clock[:, : x.shape[1]]
+        if added is not None:
+            x = x + added[:, : x.shape[1]]
         return x if prefix is None else torch.cat([prefix, x], 1)
 
     # -- outputs -----------------------------------------------------------
@@ -290,8 +319,7 @@ class TokenLM(nn.Module):
         beat_frames = cond.beat.shape[-1] if cond is not None and cond.beat is not None else 0
         if beat_frames and num_steps(c.pattern, c.num_codebooks, beat_frames) != steps.shape[2]:
             raise ValueError(f"the beat clock has {beat_frames} frames, which is not {steps.shape[2]} pattern steps")
-        clock = self.step_clock(cond, beat_frames)
-        x = self.sequence_input(steps[:, :, :-1], prefix, clock)
+        x = self.sequence_input(steps[:, :, :-1], prefix, self.step_inputs(cond, beat_frames))
         hidden = self.backbone(x, cross, cross_mask)
         P = 0 if prefix is None else prefix.shape[1]
         return self.logits(hidden[:, P:])

@@ -100,9 +100,9 @@ def window_loss(
     tokens = batch["tokens"]
     table = layout(c.pattern, c.num_codebooks, tokens.shape[-1])
     steps = to_sequence(tokens, table, fill=c.special_token)
-    cond = Conditioning(batch["text"], batch["text_mask"], batch.get("melody"), batch.get("beat"))
+    cond = Conditioning(batch["text"], batch["text_mask"], batch.get("melody"), batch.get("beat"), batch.get("key"))
     if dropout:
-        cond = drop_conditions(cond, c.text_dropout, c.melody_dropout, beat_p=c.beat_dropout)
+        cond = drop_conditions(cond, c.text_dropout, c.melody_dropout, beat_p=c.beat_dropout, key_p=c.key_dropout)
     return token_loss(lm(steps, cond), steps, valid_cells(table, batch["length"]))
 
 
@@ -166,7 +166,7 @@ class LMTask:
             raise ValueError(f"cache has token id {top}, model.codebook_size is {c.codebook_size}")
         melody = melody_tracks(cache, self.config.codec, out / f"melody_{split}.safetensors", c.num_codebooks) if c.melody else None
         return TokenWindows(cache, c.num_codebooks, self.config.segment_frames, states, melody, c.max_text_tokens, c.beat_clock,
-                            encoder=encoder, caption_resample=self.config.caption_resample)
+                            encoder=encoder, caption_resample=self.config.caption_resample, key_input=c.key_input)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"lm": self.model}
