@@ -138,16 +138,21 @@ def test_fp16_storage_and_a_bundled_vae_referenced_by_name(generator, tmp_path):
     assert load_generator(directory).codec.latent_dim == vae.latent_dim
 
 
+def _as_if_trained(generator, projection: str, **flags):
+    """A tiny DiT with the given conditioning flags whose new projection has random weights,
+    as if trained, in a generator with the fixture's VAE and text encoder."""
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(latent_dim=8, width=32, depth=2, heads=2, text_dim=384, fourier_dim=16, max_seconds=8.0, **flags))
+    with torch.no_grad():
+        dit.proj_out.weight.normal_(0, 0.1)
+        getattr(dit, projection).weight.normal_(0, 1.0)
+    return dit, LatentDiffusionGenerator(dit.eval(), generator.codec, generator.text_encoder)
+
+
 def test_a_beat_clock_model_gets_the_prompted_tempo(generator):
     from tunesmith.conditioning.beat import beat_clock
 
-    torch.manual_seed(0)
-    dit = DiT(DiTConfig(latent_dim=8, width=32, depth=2, heads=2, text_dim=384, fourier_dim=16, max_seconds=8.0,
-                        beat_clock=True))
-    with torch.no_grad():
-        dit.proj_out.weight.normal_(0, 0.1)
-        dit.beat_proj.weight.normal_(0, 1.0)  # as if trained
-    clocked = LatentDiffusionGenerator(dit.eval(), generator.codec, generator.text_encoder)
+    dit, clocked = _as_if_trained(generator, "beat_proj", beat_clock=True)
     cond, uncond = clocked.conditioning(["a jig at 150 BPM", "a jig"], 1.0)
     frames = clocked.num_frames(1.0)
     torch.testing.assert_close(cond["beat"][0], beat_clock(150.0, frames, clocked.frame_rate))
@@ -162,13 +167,7 @@ def test_a_beat_clock_model_gets_the_prompted_tempo(generator):
 def test_a_key_input_model_gets_the_prompted_key(generator):
     from tunesmith.conditioning.key import key_vector
 
-    torch.manual_seed(0)
-    dit = DiT(DiTConfig(latent_dim=8, width=32, depth=2, heads=2, text_dim=384, fourier_dim=16, max_seconds=8.0,
-                        key_input=True))
-    with torch.no_grad():
-        dit.proj_out.weight.normal_(0, 0.1)
-        dit.key_proj.weight.normal_(0, 1.0)  # as if trained
-    keyed = LatentDiffusionGenerator(dit.eval(), generator.codec, generator.text_encoder)
+    _, keyed = _as_if_trained(generator, "key_proj", key_input=True)
     cond, uncond = keyed.conditioning(["a hymn in B-flat minor", "a hymn"], 1.0)
     torch.testing.assert_close(cond["key"][0], key_vector(10, "minor"))
     assert cond["key"][1].abs().sum() == 0 and uncond["key"].abs().sum() == 0
