@@ -216,3 +216,19 @@ def test_references_through_a_codec_are_its_round_trip(tmp_path, capsys):
     err = _eval_error(["eval", "--model", "x", "--through-codec", "codec-24k", "--prompts", "p.jsonl",
                        "--out", str(tmp_path / "o")], capsys)
     assert "--through-codec goes with --score-references" in err
+
+
+def test_draws_repeat_each_prompt_with_the_next_seeds_and_its_reference(tmp_path, capsys):
+    from tunesmith.eval.evaluate import with_draws
+    from tunesmith.eval.prompts import PromptSpec
+
+    (tmp_path / "p1.wav").write_bytes(b"")  # a reference paired by id
+    specs = [PromptSpec(id="p1", prompt="a march", duration=2.0, seed=5), PromptSpec(id="p2", prompt="a reel", duration=2.0, seed=0)]
+    drawn = with_draws(specs, 3, tmp_path)
+    assert [(s.id, s.seed) for s in drawn] == [("p1-d0", 5), ("p1-d1", 6), ("p1-d2", 7), ("p2-d0", 0), ("p2-d1", 1), ("p2-d2", 2)]
+    assert {s.reference for s in drawn[:3]} == {str(tmp_path / "p1.wav")} and drawn[3].reference is None
+    assert with_draws(specs, 1) == specs
+    (tmp_path / "prompts.txt").write_text("a march at 120 BPM\n")
+    err = _eval_error(["eval", "--model", "x", "--prompts", str(tmp_path / "prompts.txt"), "--draws", "0",
+                       "--out", str(tmp_path / "o")], capsys)
+    assert "draws must be >= 1" in err

@@ -231,3 +231,16 @@ def test_key_of_bright_minor_tunes_with_overtones():
         notes = [(s, d, p + 12, v) for s, d, p, v in P.tune_notes(key, 110, bars=4, seed=i)]
         wav = P.synthesize(notes, SR, 8.5, partials=8, seed=i)
         assert M.estimate_key(wav, SR) == key
+
+
+def test_wilson_interval():
+    from tunesmith.eval.metrics import wilson_interval
+
+    low, high = wilson_interval(12, 24)
+    assert abs(low - 0.3142) < 1e-3 and abs(high - 0.6858) < 1e-3  # the textbook value for 12 of 24
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert 0 < wilson_interval(0, 10)[1] < 0.35  # never a zero-width interval at the edges
+    narrow = wilson_interval(120, 240)
+    assert narrow[1] - narrow[0] < (high - low) / 2.5  # ten times the draws: about 1/sqrt(10) of the width
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(5, 3)

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (report, metrics.json, audio)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per clip unless the prompt file says (default 10)")
     p.add_argument("--seed", type=int, default=0, help="generation seed unless the prompt file says (default 0)")
+    p.add_argument("--draws", type=int, default=1,
+                   help="generations per prompt, seeds seed, seed+1, ... (default 1): more draws, narrower intervals")
     p.add_argument("--clap", default=None, help="CLAP model for CLAP score/tags/FAD (default: the bundled clap-24k)")
     p.add_argument("--train-manifest", default=None, help="manifest whose train clips the memorization check compares against")
     p.add_argument("--memorization-clips", type=int, default=400, help="training clips to compare against (default 400)")
@@ -85,14 +87,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("the evaluation report needs matplotlib: pip install 'tunesmith[eval]'") from None
 
     from tunesmith.audio import AudioError, load_audio
-    from tunesmith.eval.evaluate import EvalOptions, evaluate
+    from tunesmith.eval.evaluate import EvalOptions, evaluate, with_draws
     from tunesmith.eval.prompts import PromptFileError, read_prompts
     from tunesmith.eval.report import write_report
     from tunesmith.generator import check_request, load_generator
 
     try:
-        specs = read_prompts(args.prompts, duration=args.duration, seed=args.seed)
-    except PromptFileError as err:
+        specs = with_draws(read_prompts(args.prompts, duration=args.duration, seed=args.seed), args.draws, reference)
+    except (PromptFileError, ValueError) as err:
         raise UserError(str(err)) from None
     generator = None if args.score_references else load_generator(args.model, device=args.device)
     for spec in specs:

@@ -11,7 +11,7 @@ training clips (memorization).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,22 @@ def _reference_audio(spec: PromptSpec, reference_dir: Path | None) -> Path | Non
             if candidate.is_file():
                 return candidate
     return None
+
+
+def with_draws(specs: list[PromptSpec], draws: int, reference_dir: Path | None = None) -> list[PromptSpec]:
+    """Every prompt ``draws`` times, with seeds seed, seed + 1, ...: rates then count every
+    draw, which narrows their uncertainty without changing what they measure.  Draw j of
+    prompt "p7" is "p7-d<j>" and keeps the prompt's reference."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    if draws == 1:
+        return list(specs)
+    out = []
+    for spec in specs:
+        reference = _reference_audio(spec, reference_dir)
+        out += [replace(spec, id=f"{spec.id}-d{j}", seed=spec.seed + j, reference=str(reference) if reference else None)
+                for j in range(draws)]
+    return out
 
 
 def _mel_embeddings(clips: list[tuple[torch.Tensor, int]]) -> np.ndarray:
@@ -350,7 +366,9 @@ def _memorization(items, rows, clap, options: EvalOptions) -> dict[str, Any]:
 
 def _rate(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     values = [bool(r[key]) for r in rows if r.get(key) is not None]
-    return {"rate": (sum(values) / len(values)) if values else None, "count": len(values)}
+    if not values:
+        return {"rate": None, "count": 0}
+    return {"rate": sum(values) / len(values), "count": len(values), "ci95": list(M.wilson_interval(sum(values), len(values)))}
 
 
 def summarize_rows(rows: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, Any]:

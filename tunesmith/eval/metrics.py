@@ -571,6 +571,21 @@ def real_time_factor(compute_seconds: float, audio_seconds: float) -> float:
     return compute_seconds / audio_seconds
 
 
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a rate (95% for z = 1.96).
+
+    An adherence rate over 24 prompts moves by 0.04 with one prompt; its uncertainty is
+    several times that, and the normal approximation misbehaves near 0 and 1 (Wilson, 1927).
+    """
+    if total <= 0 or not 0 <= successes <= total:
+        raise ValueError(f"need 0 <= successes <= total and total > 0, got {successes} of {total}")
+    p = successes / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summarize(values: Sequence[float]) -> dict[str, float]:
     """Mean, median, min and max of a list of numbers (empty lists give NaN)."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
