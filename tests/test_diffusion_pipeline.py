@@ -117,6 +117,17 @@ def test_save_and_load_generator(generator, tmp_path):
     a = generator.generate("a hymn", duration=1.0, seed=5, steps=3)
     b = loaded.generate("a hymn", duration=1.0, seed=5, steps=3)
     assert torch.equal(a.samples, b.samples)
+    # a model's own guidance scale is stored with it and used when a call gives none
+    generator.cfg = 7.0
+    try:
+        strong = load_generator(generator.save(tmp_path / "strong"))
+    finally:
+        generator.cfg = 4.0
+    strong._text_encoder = generator.text_encoder
+    assert strong.cfg == 7.0
+    c = strong.generate("a hymn", duration=1.0, seed=5, steps=3)
+    assert torch.equal(c.samples, loaded.generate("a hymn", duration=1.0, seed=5, steps=3, cfg=7.0).samples)
+    assert not torch.equal(c.samples, a.samples)
 
 
 def test_fp16_storage_and_a_bundled_vae_referenced_by_name(generator, tmp_path):

@@ -60,7 +60,7 @@ class LatentDiffusionGenerator:
     generator_type = GENERATOR_TYPE
 
     def __init__(self, model: DiT, codec: LatentCodec, text_encoder: Any = None, *, text_encoder_name: str = "minilm",
-                 latent_scale: float = 1.0) -> None:
+                 latent_scale: float = 1.0, cfg: float = 4.0) -> None:
         if codec.latent_dim != model.config.latent_dim:
             raise ValueError(f"the VAE has {codec.latent_dim} latent channels, the DiT expects {model.config.latent_dim}")
         self.model, self.codec, self.latent_scale = model.eval(), codec, latent_scale
@@ -68,6 +68,7 @@ class LatentDiffusionGenerator:
         self.sample_rate = int(codec.sample_rate)
         self.frame_rate = float(codec.frame_rate)
         self.max_duration = float(model.config.max_seconds)
+        self.cfg = float(cfg)  # the guidance scale when a call gives none: each model stores its own
 
     @property
     def text_encoder(self) -> Any:
@@ -214,6 +215,7 @@ class LatentDiffusionGenerator:
         items = check_request(prompts, duration, self.max_duration)
         frames = self.num_frames(duration)
         cond, uncond = self.conditioning(items, duration)
+        controls.setdefault("cfg", self.cfg)
         if unconditional:
             cond, controls = uncond, {**controls, "cfg": 1.0}
         init_latents, keep = None, None
@@ -257,7 +259,7 @@ class LatentDiffusionGenerator:
         if codec_name is not None and codec_name not in bundled_models():
             raise ValueError(f"codec_name '{codec_name}' is not a bundled model (bundled: {', '.join(bundled_models())})")
         meta: dict[str, Any] = {**(extra or {}), "generator_type": GENERATOR_TYPE, "text_encoder": self.text_encoder_name,
-                                "latent_scale": self.latent_scale, "storage": "fp16" if fp16 else "fp32"}
+                                "latent_scale": self.latent_scale, "storage": "fp16" if fp16 else "fp32", "cfg": self.cfg}
         model = self.model
         if fp16:  # a half copy: the live model stays fp32
             model = DiT(self.model.config)
@@ -283,4 +285,4 @@ def load_latent_diffusion(directory: Path, device: str = "cpu") -> LatentDiffusi
         raise FileNotFoundError(f"{directory} has no VAE under {CODEC_DIR}/ and names no bundled one")
     codec = load_model(meta.get("codec") or codec_dir, map_location=device)
     return LatentDiffusionGenerator(model, codec, text_encoder_name=meta.get("text_encoder", "minilm"),  # type: ignore[arg-type]
-                                    latent_scale=float(meta.get("latent_scale", 1.0)))
+                                    latent_scale=float(meta.get("latent_scale", 1.0)), cfg=float(meta.get("cfg", 4.0)))
