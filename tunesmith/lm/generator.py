@@ -168,7 +168,7 @@ class TokenLMGenerator:
     ) -> Audio:
         """Audio (B, C, duration * sample_rate).  With ``prompt_audio`` the output starts
         with the prompt and continues it; ``melody`` (Audio or path) guides a melody model.
-        ``unconditional`` drops text and melody (the null condition of CFG), for baselines.
+        ``unconditional`` drops every condition (the null condition of CFG), for baselines.
         ``unguided`` (default: the generator's ``self.unguided``) names conditions that
         guidance leaves unscaled (see :func:`tunesmith.lm.decode.decode_window`)."""
         if controls:
