@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.data.styles import STYLES
+
 MAJOR_NAMES = ["C", "D-flat", "D", "E-flat", "E", "F", "F-sharp", "G", "A-flat", "A", "B-flat", "B"]
 MINOR_NAMES = ["C", "C-sharp", "D", "E-flat", "E", "F", "F-sharp", "G", "G-sharp", "A", "B-flat", "B"]
 
@@ -267,8 +269,6 @@ def resample_caption(record: dict[str, Any], rng: np.random.Generator, probabili
         return record["caption"]
     tags = dict(tags)
     if not tags.get("adjectives"):  # the corpus keeps the style, not the adjectives it drew from
-        from tunesmith.data.styles import STYLES
-
         style = STYLES.get(tags["style"])
         tags["adjectives"] = list(style.adjectives) if style else []
     return caption(tags, rng) if rng.random() < 0.5 else prompt_caption(tags, rng)
