@@ -16,9 +16,14 @@ change to its architecture:
 - key: a one-hot tonic (pitch class) and a one-hot mode; a mode named without a
   tonic ("a minor-key waltz") sets the mode only.
 
-Prompts that name neither get no attribute tokens, so the model also learns to
+- instruments (only for encoders built with ``instruments=True``): the multi-hot
+  vector of :mod:`tunesmith.conditioning.instruments`, families and instruments.
+
+Prompts that name none of these get no attribute tokens, so the model also learns to
 work from the words alone.  ``get_text_encoder("minilm+attributes")`` is the
-encoder with these tokens added.
+encoder with tempo and key tokens added, ``"minilm+attributes+instruments"`` the one
+with instrument tokens too (the instrument token is opt-in because a model trained
+without it would read it as noise).
 """
 
 from __future__ import annotations
@@ -28,15 +33,21 @@ import re
 
 import torch
 
+from tunesmith.conditioning.instruments import INSTRUMENT_DIM, instrument_vector, parse_instruments
 from tunesmith.conditioning.text import TextEncoder, _check_texts, pad_states
 
 TEMPO_RANGE = (20.0, 400.0)  # BPM values outside this are not read as tempi
 TEMPO_FREQUENCIES = 64  # sinusoid pairs of the tempo token
 TOKEN_NORM = 8.0  # about the median norm of MiniLM's token states, so neither kind dominates
 PITCH_CLASSES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-# layout of an attribute token: [type (2) | tonic (12) | mode (2) | tempo sinusoids (2 * TEMPO_FREQUENCIES)]
+# layout of an attribute token: [type (2) | tonic (12) | mode (2) | tempo sinusoids (2 * TEMPO_FREQUENCIES)
+#                                  | instrument type (1) | families and instruments (INSTRUMENT_DIM)]
+# the instrument part came later: it sits after the first layout so older models read theirs unchanged
 _TYPE, _TONIC, _MODE, _TEMPO = 0, 2, 14, 16
 MIN_DIM = _TEMPO + 2 * TEMPO_FREQUENCIES
+_INSTRUMENT_TYPE = MIN_DIM
+_INSTRUMENTS = _INSTRUMENT_TYPE + 1
+MIN_DIM_WITH_INSTRUMENTS = _INSTRUMENTS + INSTRUMENT_DIM
 
 _TEMPO_RE = re.compile(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm\b|beats?\s+(?:per|a|each)\s+minute|beats?/min)", re.IGNORECASE)
 _KEY_RE = re.compile(r"\b([A-G])(?:\s*|-)(flat|sharp|♭|♯|b|#)?\s*(major|minor)\b")
@@ -75,10 +86,11 @@ def tempo_features(bpm: float, frequencies: int = TEMPO_FREQUENCIES) -> torch.Te
     return torch.cat([angles.sin(), angles.cos()]).float()
 
 
-def attribute_tokens(text: str, dim: int) -> torch.Tensor:
-    """(n, dim) tokens for the tempo and key ``text`` names (n = 0, 1 or 2), each of norm TOKEN_NORM."""
-    if dim < MIN_DIM:
-        raise ValueError(f"attribute tokens need a text width of at least {MIN_DIM}, got {dim}")
+def attribute_tokens(text: str, dim: int, instruments: bool = False) -> torch.Tensor:
+    """(n, dim) tokens for the tempo, key (and instruments) ``text`` names, each of norm TOKEN_NORM."""
+    needed = MIN_DIM_WITH_INSTRUMENTS if instruments else MIN_DIM
+    if dim < needed:
+        raise ValueError(f"attribute tokens need a text width of at least {needed}, got {dim}")
     tokens = []
     bpm = parse_tempo(text)
     if bpm is not None:
@@ -95,6 +107,13 @@ def attribute_tokens(text: str, dim: int) -> torch.Tensor:
         if mode is not None:
             token[_MODE + (0 if mode == "major" else 1)] = 1.0
         tokens.append(token)
+    if instruments:
+        names, families = parse_instruments(text)
+        if names or families:
+            token = torch.zeros(dim)
+            token[_INSTRUMENT_TYPE] = 1.0
+            token[_INSTRUMENTS : _INSTRUMENTS + INSTRUMENT_DIM] = instrument_vector(names, families)
+            tokens.append(token)
     if not tokens:
         return torch.zeros(0, dim)
     stacked = torch.stack(tokens)
@@ -109,16 +128,18 @@ class AttributeTextEncoder:
     base encoder's, unchanged.
     """
 
-    def __init__(self, base: TextEncoder) -> None:
+    def __init__(self, base: TextEncoder, instruments: bool = False) -> None:
         self.base = base
         self.dim = base.dim
-        if self.dim < MIN_DIM:
-            raise ValueError(f"attribute tokens need a text width of at least {MIN_DIM}, the base encoder has {self.dim}")
+        self.instruments = instruments
+        needed = MIN_DIM_WITH_INSTRUMENTS if instruments else MIN_DIM
+        if self.dim < needed:
+            raise ValueError(f"attribute tokens need a text width of at least {needed}, the base encoder has {self.dim}")
 
     def encode(self, texts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
         items = _check_texts(texts)
         states, mask = self.base.encode(items)
-        rows = [torch.cat([attribute_tokens(text, self.dim), states[i, mask[i]]]) for i, text in enumerate(items)]
+        rows = [torch.cat([attribute_tokens(text, self.dim, self.instruments), states[i, mask[i]]]) for i, text in enumerate(items)]
         return pad_states(rows)
 
     def embed(self, texts: list[str] | str) -> torch.Tensor:

@@ -199,17 +199,19 @@ def get_text_encoder(name: str = "minilm", device: str = "cpu") -> TextEncoder:
     """A shared encoder by name: ``minilm`` (default, offline) or ``t5:<name-or-path>``.
 
     A ``+attributes`` suffix (``minilm+attributes``) adds the tempo and key tokens of
-    :mod:`tunesmith.conditioning.attributes` in front of the base encoder's states.
+    :mod:`tunesmith.conditioning.attributes` in front of the base encoder's states;
+    ``+attributes+instruments`` adds the instrument token as well.
     """
-    if name.endswith("+attributes"):
-        from tunesmith.conditioning.attributes import AttributeTextEncoder
+    for suffix, instruments in (("+attributes", False), ("+attributes+instruments", True)):
+        if name.endswith(suffix):
+            from tunesmith.conditioning.attributes import AttributeTextEncoder
 
-        base = get_text_encoder(name[: -len("+attributes")], device)
-        key = (name, str(device))
-        with _ENCODERS_LOCK:
-            if key not in _ENCODERS:
-                _ENCODERS[key] = AttributeTextEncoder(base)
-            return _ENCODERS[key]
+            base = get_text_encoder(name[: -len(suffix)], device)
+            key = (name, str(device))
+            with _ENCODERS_LOCK:
+                if key not in _ENCODERS:
+                    _ENCODERS[key] = AttributeTextEncoder(base, instruments=instruments)
+                return _ENCODERS[key]
     key = (name, str(device))
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
@@ -220,5 +222,5 @@ def get_text_encoder(name: str = "minilm", device: str = "cpu") -> TextEncoder:
             elif name == "t5":
                 _ENCODERS[key] = T5TextEncoder("t5-base", device)
             else:
-                raise ValueError(f"unknown text encoder '{name}' (known: minilm, t5, t5:<name-or-path>, each optionally +attributes)")
+                raise ValueError(f"unknown text encoder '{name}' (known: minilm, t5, t5:<name-or-path>, each optionally +attributes or +attributes+instruments)")
         return _ENCODERS[key]
