@@ -17,7 +17,7 @@ from typing import Any
 
 from tunesmith.errors import UserError
 
-DEFAULT_MODEL = "tunesmith-small"
+DEFAULT_MODEL = "tunesmith-small-dit"
 FORMATS = ("wav", "flac")
 
 
