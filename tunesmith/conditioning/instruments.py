@@ -46,6 +46,9 @@ _MORE_NAMES: dict[str, tuple[str, ...]] = {
     "horn": ("french horn",),
     "saxophone": ("alto sax",),
     "sax": ("alto sax",),
+    "alto saxophone": ("alto sax",),
+    "tenor saxophone": ("tenor sax",),
+    "soprano saxophone": ("soprano sax",),
     "electric guitar": ("clean electric guitar",),
     "synth lead": ("sawtooth lead",),
     "lead synth": ("sawtooth lead",),
@@ -56,7 +59,10 @@ _MORE_NAMES: dict[str, tuple[str, ...]] = {
     "bass guitar": ("electric bass",),
     "drumkit": ("drum kit",),
     "drum set": ("drum kit",),
+    "drum": ("drum kit",),
 }
+# family words the captions do not use
+_MORE_FAMILY_WORDS = {"synth": "synth", "synthesizer": "synth"}
 
 
 def _ensembles() -> dict[str, set[str]]:
@@ -86,7 +92,8 @@ def _phrases() -> list[tuple[re.Pattern[str], tuple[str, ...], tuple[str, ...]]]
     for family, words in FAMILY_WORDS.items():
         for word in words:  # as the captions use them: "keys" is the piano family here, not a musical key
             table.setdefault(word.lower(), ((), (family,)))
-    table.setdefault("synth", ((), ("synth",)))
+    for word, family in _MORE_FAMILY_WORDS.items():
+        table.setdefault(word, ((), (family,)))
     ordered = sorted(table.items(), key=lambda item: -len(item[0]))
     # an optional plural ("trumpets", "French horns", "synth pads"); "a drum kit" etc. stay whole phrases
     return [(re.compile(r"\b" + re.escape(phrase) + r"(?:s|es)?\b"), names, families)
