@@ -86,11 +86,15 @@ def tempo_features(bpm: float, frequencies: int = TEMPO_FREQUENCIES) -> torch.Te
     return torch.cat([angles.sin(), angles.cos()]).float()
 
 
-def attribute_tokens(text: str, dim: int, instruments: bool = False) -> torch.Tensor:
-    """(n, dim) tokens for the tempo, key (and instruments) ``text`` names, each of norm TOKEN_NORM."""
+def _check_width(dim: int, instruments: bool, what: str) -> None:
     needed = MIN_DIM_WITH_INSTRUMENTS if instruments else MIN_DIM
     if dim < needed:
-        raise ValueError(f"attribute tokens need a text width of at least {needed}, got {dim}")
+        raise ValueError(f"attribute tokens need a text width of at least {needed}, {what} {dim}")
+
+
+def attribute_tokens(text: str, dim: int, instruments: bool = False) -> torch.Tensor:
+    """(n, dim) tokens for the tempo, key (and instruments) ``text`` names, each of norm TOKEN_NORM."""
+    _check_width(dim, instruments, "got")
     tokens = []
     bpm = parse_tempo(text)
     if bpm is not None:
@@ -132,9 +136,7 @@ class AttributeTextEncoder:
         self.base = base
         self.dim = base.dim
         self.instruments = instruments
-        needed = MIN_DIM_WITH_INSTRUMENTS if instruments else MIN_DIM
-        if self.dim < needed:
-            raise ValueError(f"attribute tokens need a text width of at least {needed}, the base encoder has {self.dim}")
+        _check_width(self.dim, instruments, "the base encoder has")
 
     def encode(self, texts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
         items = _check_texts(texts)

@@ -110,10 +110,10 @@ def parse_instruments(text: str) -> tuple[set[str], set[str]]:
     instruments: set[str] = set()
     families: set[str] = set()
     for pattern, names, named_families in _phrases():
-        if pattern.search(remaining):
+        remaining, found = pattern.subn(" ", remaining)
+        if found:
             instruments.update(names)
             families.update(named_families)
-            remaining = pattern.sub(" ", remaining)
     families.update(DRUM_KIT.family if name == DRUM_KIT.name else BY_NAME[name].family for name in instruments)
     return instruments, families
 
