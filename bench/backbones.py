@@ -293,7 +293,7 @@ def build_standin(corpus: Path, out: Path, codebook_size: int, max_files: int, s
     import soundfile as sf
 
     from tunesmith.data.cache import write_frame_cache
-    from tunesmith.features import log_mel
+    from tunesmith.spectral import log_mel
 
     files = sorted(p for p in (corpus / "audio").rglob("*") if p.suffix in (".flac", ".wav"))[:max_files]
     if not files:

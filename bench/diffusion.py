@@ -43,13 +43,13 @@ GIB = 1024**3
 
 
 def our_model(all_global: bool = False):
-    """Our DiT at the bundled size (the ``small`` preset of ``tunesmith train diffusion``)."""
+    """Our DiT at the size the figures were measured at (the ``medium`` preset of ``tunesmith train diffusion``)."""
     import dataclasses
 
     from tunesmith.diffusion.dit import DiT
-    from tunesmith.diffusion.train import _small
+    from tunesmith.diffusion.train import _medium
 
-    config = _small().model
+    config = _medium().model
     if all_global:
         config = dataclasses.replace(config, local_window=0)
     return DiT(config).eval()

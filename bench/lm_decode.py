@@ -11,7 +11,7 @@ batch), from the same text states.  Two sizes:
 Reported per size and setting (batch 1 with CFG; batch 8 with CFG): decode steps per
 second, seconds of audio per second, peak resident memory, and our step rate
 against the memory-bandwidth bound (linear-weight bytes read per step / measured
-bandwidth).  Int8 weights (tunesmith.lm.quantize) are timed too, with their
+bandwidth).  Int8 weights (tunesmith.lm.int8) are timed too, with their
 quality cost: greedy-decoding token agreement with fp32 (free running, and teacher
 forced on the fp32 sequence) and the mean KL divergence of the guided next-token
 distributions (the expected rise in loss on data drawn from the fp32 model).
@@ -36,9 +36,10 @@ from typing import Any, Callable
 import torch
 
 from tunesmith.lm.decode import generate_tokens
-from tunesmith.lm.model import Conditioning, LMConfig, TokenLM
+from tunesmith.conditioning.conditions import Conditioning
+from tunesmith.lm.model import LMConfig, TokenLM
 from tunesmith.lm.patterns import layout, to_sequence
-from tunesmith.lm.quantize import linear_weight_bytes, quantize_int8
+from tunesmith.lm.int8 import linear_weight_bytes, quantize_int8
 from tunesmith.lm.sampling import apply_cfg
 
 SIZES: dict[str, dict[str, int]] = {
@@ -186,7 +187,7 @@ def validation_loss(model: TokenLM, data_dir: str, segment_frames: int = 500, ba
     The same loss training validates with (``tunesmith.lm.train.window_loss``), over the first window of every
     validation clip, so fp32 and int8 weights are compared on identical batches.
     """
-    from tunesmith.conditioning.text import get_text_encoder
+    from tunesmith.conditioning.encoders import get_text_encoder
     from tunesmith.data.cache import FrameCache
     from tunesmith.lm.data import TokenWindows, collate_windows, encode_captions
     from tunesmith.lm.train import window_loss
@@ -279,7 +280,7 @@ def main() -> None:
     if args.model:  # random weights give near-flat logits; a trained model shows the real cost
         from tunesmith.checkpoint import load_model
 
-        from tunesmith.conditioning.text import get_text_encoder
+        from tunesmith.conditioning.encoders import get_text_encoder
 
         trained = load_model(args.model)
         trained_int8 = quantize_int8(trained)

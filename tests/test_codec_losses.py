@@ -80,7 +80,7 @@ def test_phase_derivative_loss_ignores_absolute_phase_but_sees_frequency():
     import math
 
     from tunesmith.codec.losses import phase_derivative_loss
-    from tunesmith.codec.spectral import stft_same
+    from tunesmith.spectral import stft_same
 
     t = torch.arange(24000) / 24000
     a = stft_same(torch.sin(2 * math.pi * 440 * t)[None], 960, 240)

@@ -5,7 +5,7 @@ import torch
 
 from tunesmith.checkpoint import CheckpointError, save
 from tunesmith.codec import RVQCodec, RVQCodecConfig, VAECodec, VAEConfig, load_codec
-from tunesmith.codec.spectral import istft_same, stft_same
+from tunesmith.spectral import istft_same, stft_same
 from tunesmith.codec.synthetic import render_clip
 
 import numpy as np
@@ -38,7 +38,7 @@ def test_stft_same_is_exactly_invertible():
 
 
 def test_overlap_add_equals_fold_and_is_differentiable():
-    from tunesmith.codec.spectral import _overlap_add
+    from tunesmith.spectral import _overlap_add
 
     frames = torch.randn(2, 7, 960, requires_grad=True)
     ours = _overlap_add(frames, 240)
@@ -51,7 +51,7 @@ def test_overlap_add_equals_fold_and_is_differentiable():
 
 
 def test_griffin_lim_keeps_a_consistent_spectrogram_consistent():
-    from tunesmith.codec.spectral import griffin_lim
+    from tunesmith.spectral import griffin_lim
 
     x = clip(1.0)[:, 0]
     magnitude = stft_same(x, 960, 240).abs()
@@ -160,7 +160,7 @@ def test_save_load_roundtrip_fp16(tmp_path):
 
 
 def test_integrated_phase_synthesizes_a_steady_tone_between_bins():
-    from tunesmith.codec.spectral import integrated_phase
+    from tunesmith.spectral import integrated_phase
 
     n_fft, hop, sr, f = 960, 240, 24000, 440.0  # 440 Hz sits between bins 17 (425 Hz) and 18 (450 Hz)
     frames, bins = 100, n_fft // 2 + 1
@@ -189,7 +189,7 @@ def test_direct_phase_decoder_still_loads_and_runs():
 
 def test_griffin_lim_recovers_a_steady_tone_between_bins_from_its_magnitude():
     """The held-note case a frame-wise phase cannot do: 440 Hz sits between bins 17 and 18."""
-    from tunesmith.codec.spectral import griffin_lim
+    from tunesmith.spectral import griffin_lim
 
     sr, n_fft, hop = 24000, 960, 240
     t = torch.arange(sr) / sr

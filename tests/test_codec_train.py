@@ -11,7 +11,6 @@ from tunesmith.cli import main
 from tunesmith.codec import load_codec
 from tunesmith.codec.synthetic import SyntheticClips
 from tunesmith.config import preset
-from tunesmith.train import unwrap
 
 
 @pytest.mark.parametrize("kind,phase", [("codec", "griffin-lim"), ("vae", "griffin-lim"), ("codec", "direct")])

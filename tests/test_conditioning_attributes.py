@@ -8,10 +8,9 @@ from tunesmith.conditioning.attributes import (
     TOKEN_NORM,
     AttributeTextEncoder,
     attribute_tokens,
-    parse_key,
-    parse_tempo,
     tempo_features,
 )
+from tunesmith.conditioning.prompt import parse_key, parse_tempo
 
 
 @pytest.mark.parametrize(

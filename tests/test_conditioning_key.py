@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tunesmith.conditioning.key import KEY_DIM, clip_key, key_vector, prompt_keys
+from tunesmith.conditioning.key import KEY_DIM, record_key, key_vector, prompt_keys
 
 
 def test_layout_and_nearness():
@@ -29,5 +29,5 @@ def test_prompts_and_clips():
     torch.testing.assert_close(keys[1], key_vector(None, "minor"))  # the article "a" is not the note A
     assert keys[2].abs().sum() == 0
     torch.testing.assert_close(keys[3], key_vector(6, "minor"))
-    torch.testing.assert_close(clip_key({"tags": {"key": "B-flat", "mode": "minor"}}), key_vector(10, "minor"))
-    assert clip_key({"tags": {"tempo_bpm": 90}}).abs().sum() == 0
+    torch.testing.assert_close(record_key({"tags": {"key": "B-flat", "mode": "minor"}}), key_vector(10, "minor"))
+    assert record_key({"tags": {"tempo_bpm": 90}}).abs().sum() == 0

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tunesmith.conditioning.text import MiniLMTextEncoder, TextEncoder, get_text_encoder, mean_pool, pad_states
+from tunesmith.conditioning.encoders import get_text_encoder
+from tunesmith.conditioning.text import MiniLMTextEncoder, TextEncoder, mean_pool, pad_states
 
 TEXTS = ["a slow waltz for strings in D minor", "fast folk reel on a fiddle", "a"]
 

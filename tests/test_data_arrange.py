@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tunesmith.data.arrange import PPQ, arrange
-from tunesmith.data.captions import caption, key_label
+from tunesmith.data.captions import caption
+from tunesmith.music import tonic_name
 from tunesmith.data.clips import _merge_short
 from tunesmith.data.drums import bar_pattern, meter_class
 from tunesmith.data.harmony import harmonize, spans
@@ -64,7 +65,7 @@ def test_arrangement_is_deterministic_and_in_range():
 
 
 def test_caption_states_the_facts_in_varied_words():
-    tags = {"instruments": ["violin", "piano"], "families": ["piano", "strings"], "tempo_bpm": 96, "key": key_label(10, "major"),
+    tags = {"instruments": ["violin", "piano"], "families": ["piano", "strings"], "tempo_bpm": 96, "key": tonic_name(10, "major"),
             "mode": "major", "meter": "3/4", "style": "waltz", "ensemble": "violin with piano", "ensemble_complete": False,
             "dynamics": "p", "dynamics_range": ["p", "mf"], "space": "room", "composer": "traditional",
             "era": "traditional", "work": "A Tune", "collection_label": "", "adjectives": ["lilting"], "segments": []}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from caption_facts import named_instruments
 
-from tunesmith.conditioning.attributes import parse_key, parse_tempo
+from tunesmith.conditioning.prompt import parse_key, parse_tempo
 from tunesmith.data.captions import FAMILY_WORDS, prompt_caption, resample_caption
 from tunesmith.data.instruments import BY_NAME
 

@@ -239,21 +239,18 @@ def test_cached_latent_windows_carry_the_clips_beat_grid(tmp_path):
     meta = {"kind": "latents", "model": "test", "frame_rate": 25.0, "sample_rate": 24000, "latent_dim": 4}
     items = [(np.zeros((80, 4), dtype=np.float32), {"id": "a", "caption": "x", "tags": {"tempo_bpm": 100}})]
     write_frame_cache(tmp_path, "train", items, meta)
-    data = DataConfig(cache_dir=str(tmp_path), segment_frames=20, beat_dropout=0.0)
+    data = DataConfig(cache_dir=str(tmp_path), segment_frames=20)
     windows = CachedLatents(data, DiTConfig(**TINY, beat_clock=True))
     item = windows.get_item(0, np.random.default_rng(1))
     start = round(item["seconds_start"] * 25.0)
     assert start > 0
     torch.testing.assert_close(item["beat"], beat_clock(100.0, 20, 25.0, start_frame=start))
-    always_dropped = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20, beat_dropout=1.0),
-                                   DiTConfig(**TINY, beat_clock=True))
-    assert always_dropped.get_item(0, np.random.default_rng(1))["beat"].abs().sum() == 0
     assert "beat" not in CachedLatents(data, DiTConfig(**TINY)).get_item(0, np.random.default_rng(1))
 
 
 def test_cached_latent_windows_draw_fresh_captions_from_the_tags(tmp_path):
-    from tunesmith.conditioning.attributes import parse_tempo
-    from tunesmith.conditioning.key import clip_key
+    from tunesmith.conditioning.prompt import parse_tempo
+    from tunesmith.conditioning.key import record_key
     from tunesmith.diffusion.train import collate
     from tunesmith.data.cache import write_frame_cache
     from tunesmith.diffusion.train import CachedLatents, DataConfig
@@ -268,8 +265,8 @@ def test_cached_latent_windows_draw_fresh_captions_from_the_tags(tmp_path):
     fresh = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20, caption_resample=1.0), DiTConfig(**TINY))
     captions = [fresh.get_item(0, np.random.default_rng(s))["caption"] for s in range(10)]
     assert len(set(captions)) > 5 and "x" not in captions
-    keyed = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20, key_dropout=0.0), DiTConfig(**TINY, key_input=True))
-    torch.testing.assert_close(keyed.get_item(0, np.random.default_rng(0))["key"], clip_key({"tags": tags}))
+    keyed = CachedLatents(DataConfig(cache_dir=str(tmp_path), segment_frames=20), DiTConfig(**TINY, key_input=True))
+    torch.testing.assert_close(keyed.get_item(0, np.random.default_rng(0))["key"], record_key({"tags": tags}))
     assert "key" in collate([keyed.get_item(0, np.random.default_rng(s)) for s in range(2)])
     assert all(parse_tempo(c) in (None, 128) for c in captions)
     with pytest.raises(ValueError, match="caption_resample"):

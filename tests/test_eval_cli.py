@@ -19,7 +19,7 @@ from tunesmith.checkpoint import save
 from tunesmith.cli import main
 from tunesmith.clap.model import ClapConfig, ClapModel
 from tunesmith.eval import probes as P
-from tunesmith.eval.metrics import Key, parse_key
+from tunesmith.music import Key, parse_key_name as parse_key
 from tunesmith.eval.prompts import attributes_from_text, read_prompts, PromptFileError
 from tunesmith.eval.report import find_chromium, render_dom
 from tunesmith.generator import check_request, register_generator

@@ -8,6 +8,7 @@ import torch
 
 from tunesmith.eval import metrics as M
 from tunesmith.eval import probes as P
+from tunesmith.music import parse_key_name
 
 SR = 24000
 
@@ -185,7 +186,7 @@ def test_tempo_match_accuracy1_and_accuracy2():
 
 @pytest.mark.parametrize("name", ["C major", "Eb major", "A major", "F# minor", "Bb minor", "G minor"])
 def test_key_of_scales_and_cadences(name):
-    key = M.parse_key(name)
+    key = parse_key_name(name)
     for notes in (P.scale_notes(key), P.cadence_notes(key)):
         end = max(n[0] + n[1] for n in notes) + 0.2
         wav = P.synthesize(notes, SR, end)
@@ -202,12 +203,12 @@ def test_key_of_soundfont_cadence():
 
 
 def test_parse_key_and_relations():
-    assert M.parse_key("B-flat major") == M.Key(10, "major")
-    assert M.parse_key("f# minor") == M.Key(6, "minor")
-    assert M.parse_key("E♭", mode="minor") == M.Key(3, "minor")
-    assert M.parse_key("Am") == M.Key(9, "minor")
+    assert parse_key_name("B-flat major") == M.Key(10, "major")
+    assert parse_key_name("f# minor") == M.Key(6, "minor")
+    assert parse_key_name("E♭", mode="minor") == M.Key(3, "minor")
+    assert parse_key_name("Am") == M.Key(9, "minor")
     with pytest.raises(ValueError, match="cannot read key"):
-        M.parse_key("H major")
+        parse_key_name("H major")
     c, a_minor = M.Key(0, "major"), M.Key(9, "minor")
     assert M.key_relation(a_minor, c) == "relative"
     assert M.mirex_key_score(M.Key(7, "major"), c) == 0.5

@@ -44,7 +44,7 @@ def test_the_bundled_default_model_makes_music_offline(tmp_path, capsys, monkeyp
 
     import tunesmith
     from tunesmith.audio import load_audio
-    from tunesmith.generate_cli import DEFAULT_MODEL
+    from tunesmith import DEFAULT_GENERATOR as DEFAULT_MODEL
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

@@ -6,7 +6,8 @@ import torch
 from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock
 from tunesmith.conditioning.key import KEY_DIM, key_vector
 from tunesmith.lm.decode import decode_window, generate_tokens
-from tunesmith.lm.model import Conditioning, LMConfig, TokenLM, drop_conditions
+from tunesmith.conditioning.conditions import ConditionDropout, Conditioning, drop_conditions
+from tunesmith.lm.model import LMConfig, TokenLM
 from tunesmith.lm.patterns import layout, to_sequence
 from tunesmith.lm.sampling import apply_cfg
 
@@ -148,7 +149,7 @@ def test_condition_dropout_is_per_example_and_separate():
     cond = conditions(B=400, frames=4, melody=True)
     cond = Conditioning(cond.text, cond.text_mask, cond.melody, beat_clock(120.0, 4, 50.0).expand(400, -1, -1),
                         key_vector(2, "major").expand(400, -1))
-    dropped = drop_conditions(cond, 0.25, 0.75, generator=torch.Generator().manual_seed(0), beat_p=0.5, key_p=0.5)
+    dropped = drop_conditions(cond, ConditionDropout(text=0.25, melody=0.75, beat=0.5, key=0.5), generator=torch.Generator().manual_seed(0))
     text_gone = ~dropped.text_mask.any(1)
     melody_gone = dropped.melody.sum((1, 2)) == 0
     beat_gone = dropped.beat.abs().sum((1, 2)) == 0
@@ -253,7 +254,7 @@ def test_melody_conditioning_is_learned_and_followed():
     T = 16
     torch.manual_seed(0)
     model = TokenLM(LMConfig(num_codebooks=2, codebook_size=12, dim=64, backbone_config={"num_layers": 2, "num_heads": 4},
-                             text_dim=TEXT_DIM, melody=True, max_frames=T, melody_dropout=0.1))
+                             text_dim=TEXT_DIM, melody=True, max_frames=T))
     g = torch.Generator().manual_seed(0)
 
     def batch(B):
@@ -266,7 +267,7 @@ def test_melody_conditioning_is_learned_and_followed():
     for _ in range(250):
         tokens, melody = batch(16)
         steps = to_sequence(tokens, table, fill=12)
-        loss = model.loss(steps, (table >= 0).t(), drop_conditions(Conditioning(melody=melody), 0.0, 0.1))[0]
+        loss = model.loss(steps, (table >= 0).t(), drop_conditions(Conditioning(melody=melody), ConditionDropout(text=0.0, melody=0.1, beat=0.0, key=0.0)))[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -288,7 +289,7 @@ def test_beat_clock_is_learned_and_followed():
     periods = torch.tensor([5, 8, 10])  # frames per beat: 600, 375 and 300 BPM at 50 frames/s
     torch.manual_seed(0)
     model = TokenLM(LMConfig(num_codebooks=2, codebook_size=2, dim=64, backbone_config={"num_layers": 2, "num_heads": 4},
-                             text_dim=TEXT_DIM, max_frames=T, beat_clock=True, beat_dropout=0.0))
+                             text_dim=TEXT_DIM, max_frames=T, beat_clock=True))
     g = torch.Generator().manual_seed(0)
     frames = torch.arange(T)
 

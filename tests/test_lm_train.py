@@ -12,7 +12,8 @@ from tunesmith.lm.decode import generate_tokens
 from tunesmith.data.cache import FrameCache
 from tunesmith.lm.data import TokenWindows, collate_windows
 from tunesmith.conditioning.key import KEY_DIM, key_vector
-from tunesmith.lm.model import Conditioning, LMConfig, TokenLM
+from tunesmith.conditioning.conditions import Conditioning
+from tunesmith.lm.model import LMConfig, TokenLM
 from tunesmith.lm.train import export, make_task, valid_cells
 from tunesmith.lm.patterns import layout
 from tunesmith.train.engine import Trainer
@@ -50,7 +51,7 @@ def test_tiny_lm_overfits_and_greedy_decoding_reproduces(token_set, tmp_path):
     config = apply_overrides(preset("run/lm", "tiny"), [
         f"data={cache_dir}", f"segment_frames={T}", f"train.out_dir={tmp_path / 'run'}",
         f"model.num_codebooks={K}", f"model.codebook_size={N}", "model.dim=48", "model.max_frames=16",
-        "model.text_dropout=0.0", "train.steps=120", "train.batch_size=4", "train.lr=0.003",
+        "dropout.text=0.0", "train.steps=120", "train.batch_size=4", "train.lr=0.003",
         "train.warmup_steps=10", "train.valid_every=60", "train.checkpoint_every=0", "train.checkpoint_minutes=0",
     ])
     task = make_task(config)
@@ -58,7 +59,7 @@ def test_tiny_lm_overfits_and_greedy_decoding_reproduces(token_set, tmp_path):
     result = trainer.fit()
     assert result.step == 120
     assert result.last_metrics["loss/lm"] < 0.05, result.last_metrics
-    assert (tmp_path / "run" / f"text_states_train_minilm.safetensors").is_file()  # captions encoded once
+    assert (tmp_path / "run" / "text_states_train_minilm.safetensors").is_file()  # captions encoded once
 
     model = load_model(export(trainer, config, tmp_path / "model"))
     batch = task.collate([task.train_dataset[i] for i in range(len(CAPTIONS))])
@@ -68,7 +69,7 @@ def test_tiny_lm_overfits_and_greedy_decoding_reproduces(token_set, tmp_path):
 
 
 def test_cli_resolves_the_presets():
-    from tunesmith.train.cli import resolve_config
+    from tunesmith.cli.train import resolve_config
 
     _, config = resolve_config("lm", "small", None, ["train.steps=5"], "runs/x")
     assert config.train.steps == 5 and config.train.out_dir == "runs/x" and config.model.dim == 256

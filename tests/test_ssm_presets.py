@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
 
 from tunesmith.config import preset
 from tunesmith.lm.backbones.mamba2 import PRESETS, count_backbone_parameters, matched_options
-from tunesmith.lm.model import Conditioning, LMConfig, TokenLM
+from tunesmith.conditioning.conditions import Conditioning
+from tunesmith.lm.model import LMConfig, TokenLM
 from tunesmith.lm.patterns import layout, to_sequence
 
 

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from tunesmith.train import TrainConfig, Trainer
 from tunesmith.train.schedule import lr_multiplier
 from tunesmith.train.state import latest_checkpoint
 
-from toy_task import ToyGANTask, ToyTask
+from toy_task import ToyTask
 
 SCRIPT = Path(__file__).parent / "train_script.py"
 

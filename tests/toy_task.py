@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tunesmith.config import ConfigError
 from tunesmith.checkpoint import register_model
 from dataclasses import dataclass
 

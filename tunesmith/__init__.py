@@ -17,17 +17,23 @@ __version__ = "0.1.0"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def load(name_or_path: str, device: str = "cpu"):
-    """Load a bundled model by name, a model directory, or a Hugging Face repo id.
+DEFAULT_GENERATOR = "tunesmith-small-dit"  # what `tunesmith generate` and `tunesmith.load()` use
 
-    A generator directory (its config names a ``generator_type``) gives an object with
-    ``.generate(prompts, duration=..., seed=...)``; any other model directory gives the
-    ``nn.Module``.
+
+def load(name_or_path: str | None = None, device: str = "cpu"):
+    """Load a bundled model by name, a model directory, or a Hugging Face repo id; with no
+    name (or ``"default"``), the default generator the CLI uses.
+
+    A generator directory (its config names a ``generator_type``) gives a
+    :class:`tunesmith.generator.Generator` (``.generate(prompts, duration=..., seed=...)``);
+    any other model directory gives the ``nn.Module``.
     """
-    from tunesmith.checkpoint import load_model, read_model_config, resolve
+    from tunesmith.checkpoint import load_model, read_directory_meta, resolve
 
+    if name_or_path is None or str(name_or_path) == "default":
+        name_or_path = DEFAULT_GENERATOR
     directory = resolve(name_or_path)
-    if "generator_type" in read_model_config(directory):
+    if "generator_type" in read_directory_meta(directory):
         from tunesmith.generator import load_generator
 
         return load_generator(directory, device=device)

@@ -7,8 +7,6 @@ carried beside it.  All file I/O goes through soundfile.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -17,9 +15,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from tunesmith.errors import AudioError
+from tunesmith.files import atomic_path
 
-class AudioError(ValueError):
-    """Audio that cannot be used: unreadable, empty, silent or not finite."""
+
 
 
 @dataclass
@@ -72,7 +71,7 @@ def check_audio(wav: torch.Tensor, name: str = "audio", *, allow_silent: bool = 
 
 
 def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int, *, format: str | None = None) -> Path:
-    """Write (C, T) audio atomically (temp file + rename); the format follows the suffix."""
+    """Write (C, T) audio atomically (whole file or none, mode from the umask); the format follows the suffix."""
     path = Path(path)
     if wav.dim() == 3:
         if wav.shape[0] != 1:
@@ -82,16 +81,9 @@ def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int, *, format:
         wav = wav[None]
     fmt = (format or path.suffix.lstrip(".") or "wav").upper()
     data = wav.detach().cpu().float().clamp(-1, 1).numpy().T
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
+    subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
+    with atomic_path(path) as tmp:
         sf.write(tmp, data, sample_rate, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

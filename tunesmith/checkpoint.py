@@ -10,10 +10,8 @@ its place is refused before anything in it can execute.
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -22,7 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunesmith import __version__
-from tunesmith.config import ConfigError, from_dict, to_dict
+from tunesmith.config import from_dict, to_dict
+from tunesmith.errors import CheckpointError, ConfigError
+from tunesmith.files import atomic_directory
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,9 +32,22 @@ M = TypeVar("M")
 
 _MODEL_TYPES: dict[str, tuple[type, type]] = {}
 
+# Where each saved type is implemented: a directory's type is looked up here and only that
+# module is imported, so loading the default generator never loads the training engine or
+# another family.  A new model type or generator family adds its line.
+MODEL_TYPE_MODULES: dict[str, str] = {
+    "codec-rvq": "tunesmith.codec.model",
+    "codec-vae": "tunesmith.codec.model",
+    "clap": "tunesmith.clap.model",
+    "lm": "tunesmith.lm.model",
+    "dit": "tunesmith.diffusion.dit",
+}
+GENERATOR_TYPE_MODULES: dict[str, str] = {  # generator_type -> "module:class"
+    "token-lm": "tunesmith.lm.generator:TokenLMGenerator",
+    "latent-diffusion": "tunesmith.diffusion.generator:LatentDiffusionGenerator",
+}
 
-class CheckpointError(ValueError):
-    """A model directory or checkpoint could not be read safely."""
+
 
 
 def register_model(name: str, config_class: type) -> Callable[[type[M]], type[M]]:
@@ -54,22 +67,6 @@ def model_types() -> list[str]:
 
 # ---------------------------------------------------------------------------
 # tensors <-> files, atomically
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file so that readers see either the old or the new content."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -119,29 +116,15 @@ def save(model: torch.nn.Module, directory: str | Path, extra: dict[str, Any] | 
     if model_type not in _MODEL_TYPES:
         raise TypeError(f"{type(model).__name__} is not a registered model (use @register_model)")
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp"))
-    try:
-        meta = {
-            "model_type": model_type,
-            "tunesmith_version": __version__,
-            "config": to_dict(model.config),
-            **(extra or {}),
-        }
+    meta = {
+        "model_type": model_type,
+        "tunesmith_version": __version__,
+        "config": to_dict(model.config),
+        **(extra or {}),
+    }
+    with atomic_directory(directory) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v for k, v in model.state_dict().items()}
-        save_tensors(state, tmp / WEIGHTS_FILE)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        save_tensors(dict(model.state_dict()), tmp / WEIGHTS_FILE)
     return directory
 
 
@@ -174,17 +157,25 @@ def resolve(name_or_path: str | Path) -> Path:
     raise CheckpointError(f"unknown model '{text}': not a directory and not a bundled model (bundled: {known})")
 
 
-def read_model_config(directory: str | Path) -> dict[str, Any]:
-    """The parsed ``config.json`` of a model directory."""
+def read_directory_meta(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a directory, which must be a JSON object."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a model directory: {CONFIG_FILE} is missing")
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(meta, dict) or "model_type" not in meta or "config" not in meta:
-        raise CheckpointError(f"{path}: expected keys 'model_type' and 'config'")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path}: not valid JSON: {str(err)[:200]}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got a {type(meta).__name__}")
+    return meta
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a model directory."""
+    meta = read_directory_meta(directory)
+    if "model_type" not in meta or "config" not in meta:
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: expected keys 'model_type' and 'config'")
     return meta
 
 
@@ -192,10 +183,12 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
     """Rebuild a registered model from its directory (eval mode)."""
     directory = resolve(name_or_path)
     meta = read_model_config(directory)
-    _import_model_modules()
     model_type = meta["model_type"]
+    if model_type not in _MODEL_TYPES and model_type in MODEL_TYPE_MODULES:
+        importlib.import_module(MODEL_TYPE_MODULES[model_type])  # registers the type
     if model_type not in _MODEL_TYPES:
-        raise CheckpointError(f"{directory}: unknown model_type '{model_type}' (known: {', '.join(model_types())})")
+        raise CheckpointError(f"{directory}: unknown model_type '{model_type}' "
+                              f"(known: {', '.join(sorted({*MODEL_TYPE_MODULES, *_MODEL_TYPES}))})")
     cls, config_class = _MODEL_TYPES[model_type]
     try:
         config = from_dict(config_class, meta["config"])
@@ -231,8 +224,3 @@ def init_from(model: torch.nn.Module, source: str | Path) -> list[str]:
                          f"(parameters it has and the model lacks: {extra or 'none'}; different shapes: {mismatched or 'none'})")
     model.load_state_dict({k: v.float() for k, v in theirs.items()}, strict=False)
     return sorted(set(own) - set(theirs))
-
-
-def _import_model_modules() -> None:
-    """Import the packages that register model types, so any saved type can load."""
-    import tunesmith.models_registry  # noqa: F401

@@ -16,11 +16,11 @@ from typing import Any, Callable, TypeVar, Union, get_args, get_origin, get_type
 
 import yaml
 
+from tunesmith.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config could not be read: the message names the key or path at fault."""
 
 
 # ---------------------------------------------------------------------------
@@ -44,6 +44,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # keys a config no longer has (settings that moved elsewhere) are read and ignored, so
+    # model directories written before the move still load
+    retired = set(getattr(cls, "RETIRED_KEYS", ()))
+    data = {k: v for k, v in data.items() if k not in retired}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = _join(where, unknown[0])

@@ -1,54 +1,47 @@
-"""The one interface every generator sits behind (token LM, latent diffusion, hybrid, student).
+"""The one base every generator is built on (token LM, latent diffusion, and every later family).
 
-The CLI, the Python API, the server and the evaluator talk only to this:
+The CLI, the Python API, the server and the evaluator talk only to this interface:
 
     gen = load_generator("NAME_OR_PATH")
     audio = gen.generate(["a waltz for strings"], duration=10.0, seed=0)   # Audio (B, C, T)
 
-A generator directory is a model directory whose ``config.json`` names a
-``generator_type``; each family registers a loader for its type.
+A generator is a network (the LM, the DiT) that makes codes (tokens, latents) plus the
+codec that turns codes into audio.  Everything that is the same for every family lives
+here: the generator directory (the network's model directory, with the codec under
+``codec/`` or named in ``config.json`` when it is bundled), fp16 storage, the request
+checks, reference audio in the codec's rate and channels, decoding, and the check of
+the controls a call passes.  A family says how codes are made (``generate``) and which
+controls it takes (``CONTROLS``).
+
+A generator directory's ``config.json`` names its ``generator_type``; the module that
+implements a type is imported only when a directory of that type is loaded
+(:data:`tunesmith.checkpoint.GENERATOR_TYPE_MODULES`).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
+import math
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar
 
-from tunesmith.audio import Audio
-from tunesmith.checkpoint import CONFIG_FILE, CheckpointError, resolve
+import torch
 
+from tunesmith import DEFAULT_GENERATOR
+from tunesmith.audio import Audio, load_audio, resample, to_channels
+from tunesmith.checkpoint import (
+    GENERATOR_TYPE_MODULES,
+    bundled_models,
+    load_model,
+    read_directory_meta,
+    read_model_config,
+    resolve,
+    save,
+)
+from tunesmith.errors import CheckpointError
 
-@runtime_checkable
-class Generator(Protocol):
-    sample_rate: int
-    max_duration: float  # longest duration generate() accepts, in seconds
-
-    def generate(
-        self,
-        prompts: str | list[str],
-        duration: float,
-        seed: int = 0,
-        *,
-        progress: bool = False,
-        **controls: Any,
-    ) -> Audio:
-        """Audio (B, C, T) for a batch of prompts; ``controls`` are family-specific
-        (``melody``, ``cfg``, ``steps``, ``temperature``, ``init_audio``, ``mask``, ...)."""
-        ...
-
-
-_LOADERS: dict[str, Callable[[Path, str], Generator]] = {}
-
-
-def register_generator(generator_type: str) -> Callable[[Callable[[Path, str], Generator]], Callable[[Path, str], Generator]]:
-    """Register ``loader(directory, device) -> Generator`` for a ``generator_type``."""
-
-    def wrap(fn: Callable[[Path, str], Generator]) -> Callable[[Path, str], Generator]:
-        _LOADERS[generator_type] = fn
-        return fn
-
-    return wrap
+CODEC_DIR = "codec"
+MAX_PROMPT_CHARS = 2000
 
 
 def check_request(prompts: str | list[str], duration: float, max_duration: float) -> list[str]:
@@ -59,8 +52,8 @@ def check_request(prompts: str | list[str], duration: float, max_duration: float
     for p in items:
         if not isinstance(p, str) or not p.strip():
             raise ValueError("prompt is empty")
-        if len(p) > 2000:
-            raise ValueError(f"prompt is too long ({len(p)} characters; the limit is 2000)")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is too long ({len(p)} characters; the limit is {MAX_PROMPT_CHARS})")
     if not (duration > 0):
         raise ValueError(f"duration must be > 0 seconds, got {duration}")
     if duration > max_duration:
@@ -68,17 +61,168 @@ def check_request(prompts: str | list[str], duration: float, max_duration: float
     return items
 
 
-def load_generator(name_or_path: str | Path, device: str = "cpu") -> Generator:
-    """Load any registered generator family from a bundled name or a directory."""
-    directory = resolve(name_or_path)
-    try:
-        meta = json.loads((directory / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{directory}: cannot read {CONFIG_FILE}: {err}") from None
-    kind = meta.get("generator_type")
-    import tunesmith.models_registry  # noqa: F401  (registers the families)
+def codec_sample_rate(codec: Any) -> int:
+    rate = getattr(codec, "sample_rate", None) or getattr(getattr(codec, "config", None), "sample_rate", None)
+    if rate is None:
+        raise ValueError(f"{type(codec).__name__} does not say its sample_rate")
+    return int(rate)
 
-    if kind not in _LOADERS:
-        known = ", ".join(sorted(_LOADERS)) or "none"
-        raise CheckpointError(f"{directory} is not a generator (generator_type={kind!r}; known: {known})")
-    return _LOADERS[kind](directory, device)
+
+def codec_channels(codec: Any) -> int:
+    return int(getattr(codec, "channels", None) or getattr(getattr(codec, "config", None), "channels", 1))
+
+
+def as_audio(value: Audio | str | Path, name: str) -> Audio:
+    """An Audio with (B, C, T) samples from an Audio or an audio file's path."""
+    if isinstance(value, (str, Path)):
+        value = load_audio(value)
+    if not isinstance(value, Audio):
+        raise TypeError(f"{name} must be an Audio or a path to an audio file, got {type(value).__name__}")
+    samples = value.samples if value.samples.dim() == 3 else value.samples[None]
+    return Audio(samples, value.sample_rate)
+
+
+class Generator:
+    """Text (+ controls) -> codes by a network -> audio by a codec.
+
+    Subclasses set ``generator_type`` and ``CONTROLS`` (name -> the type a value must
+    have), keep their network as ``self.network`` and implement ``generate``.
+    """
+
+    generator_type: ClassVar[str] = ""
+    CONTROLS: ClassVar[dict[str, type | tuple[type, ...]]] = {}
+    network: torch.nn.Module
+
+    def __init__(self, network: torch.nn.Module, codec: Any, *, max_duration: float, cfg: float) -> None:
+        self.network = network.eval()
+        self.codec = codec.eval() if hasattr(codec, "eval") else codec
+        self.sample_rate = codec_sample_rate(codec)
+        self.channels = codec_channels(codec)
+        self.max_duration = float(max_duration)
+        self.cfg = float(cfg)  # the guidance scale when a call gives none: each model stores its own
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def generate(self, prompts: str | list[str], duration: float, seed: int = 0, *, progress: bool = False,
+                 **controls: Any) -> Audio:
+        """Audio (B, C, T) for a batch of prompts; ``controls`` are the family's ``CONTROLS``."""
+        raise NotImplementedError
+
+    # -- checks ------------------------------------------------------------------
+
+    def check_controls(self, controls: dict[str, Any]) -> None:
+        """Refuse controls this family does not take, and values of the wrong type, by name."""
+        family = self.generator_type or type(self).__name__
+        unknown = sorted(set(controls) - set(self.CONTROLS))
+        if unknown:
+            raise ValueError(f"unknown controls for {family}: {', '.join(unknown)} "
+                             f"(it takes: {', '.join(sorted(self.CONTROLS)) or 'none'})")
+        for name, value in controls.items():
+            if value is not None and not isinstance(value, self.CONTROLS[name]):
+                raise ValueError(f"control '{name}' has the wrong type: {type(value).__name__}")
+
+    # -- audio in, audio out -----------------------------------------------------
+
+    def reference_audio(self, audio: Audio | str | Path, name: str) -> torch.Tensor:
+        """A user's reference (an Audio or a file) as (B, C, T) at the codec's rate and channels."""
+        audio = as_audio(audio, name)
+        wav = resample(audio.samples, audio.sample_rate, self.sample_rate)
+        return to_channels(wav, self.channels)
+
+    def num_samples(self, duration: float) -> int:
+        return round(duration * self.sample_rate)
+
+    def decode(self, codes: torch.Tensor, duration: float) -> Audio:
+        """Codes -> exactly ``duration`` seconds of audio in [-1, 1] (long inputs decoded in chunks)."""
+        with torch.inference_mode():
+            decode = getattr(self.codec, "decode_long", self.codec.decode)
+            wav = decode(codes).float().cpu()
+        samples = self.num_samples(duration)
+        wav = torch.nn.functional.pad(wav, (0, max(0, samples - wav.shape[-1])))[..., :samples]
+        return Audio(wav.clamp(-1.0, 1.0), self.sample_rate)
+
+    # -- the generator directory ---------------------------------------------------
+
+    def config_entries(self) -> dict[str, Any]:
+        """What this family stores in config.json beside the network's config."""
+        return {"cfg": self.cfg}
+
+    def save(self, directory: str | Path, *, codec_name: str | None = None, fp16: bool = False,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Write the generator directory: the network, and the codec under ``codec/`` unless
+        ``codec_name`` names the bundled codec it uses.  ``fp16`` halves the network's bytes
+        on disk (it loads as fp32); ``extra`` adds entries to config.json."""
+        if codec_name is not None and codec_name not in bundled_models():
+            raise ValueError(f"codec_name '{codec_name}' is not a bundled model (bundled: {', '.join(bundled_models())})")
+        network = self.network
+        if fp16:  # a half copy: the live network stays fp32
+            network = type(self.network)(self.network.config)
+            network.load_state_dict(self.network.state_dict())
+            network = network.half()
+        meta: dict[str, Any] = {**(extra or {}), "generator_type": self.generator_type,
+                                "storage": "fp16" if fp16 else "fp32", **self.config_entries()}
+        if codec_name is not None:
+            meta["codec"] = codec_name
+        directory = save(network, directory, extra=meta)
+        if codec_name is None:
+            save(self.codec, Path(directory) / CODEC_DIR)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> "Generator":
+        """Rebuild a generator from its directory: the network (fp32), its codec, its settings."""
+        meta = read_model_config(directory)
+        network = load_model(directory, map_location=device).float()  # fp16 on disk, fp32 to run
+        codec_dir = Path(directory) / CODEC_DIR
+        if not meta.get("codec") and not codec_dir.is_dir():
+            raise CheckpointError(f"{directory} has no codec under {CODEC_DIR}/ and names no bundled one")
+        codec = load_model(meta.get("codec") or codec_dir, map_location=device)
+        return cls.from_parts(network, codec, meta, device)
+
+    @classmethod
+    def from_parts(cls, network: torch.nn.Module, codec: Any, meta: dict[str, Any], device: str) -> "Generator":
+        raise NotImplementedError
+
+
+def frames_for(duration: float, frame_rate: float, minimum: int = 1) -> int:
+    """Codec frames that cover ``duration`` seconds."""
+    return max(minimum, math.ceil(duration * frame_rate))
+
+
+# ---------------------------------------------------------------------------
+# generator types -> implementations
+
+_LOADERS: dict[str, Callable[[Path, str], Generator]] = {}
+
+
+def register_generator(generator_type: str) -> Callable[[Callable[[Path, str], Generator]], Callable[[Path, str], Generator]]:
+    """Register ``loader(directory, device) -> Generator`` for a type outside the package (a plug-in,
+    a test); the package's own types are found through GENERATOR_TYPE_MODULES."""
+
+    def wrap(fn: Callable[[Path, str], Generator]) -> Callable[[Path, str], Generator]:
+        _LOADERS[generator_type] = fn
+        return fn
+
+    return wrap
+
+
+def generator_class(generator_type: str) -> type[Generator]:
+    """The class implementing a built-in ``generator_type``, imported on first use."""
+    module_name, _, class_name = GENERATOR_TYPE_MODULES[generator_type].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_generator(name_or_path: str | Path | None = None, device: str = "cpu") -> Generator:
+    """Load a generator from a bundled name, a directory, or ``None``/"default" for the default one."""
+    if name_or_path is None or str(name_or_path) == "default":
+        name_or_path = DEFAULT_GENERATOR
+    directory = resolve(name_or_path)
+    kind = read_directory_meta(directory).get("generator_type")
+    if kind in _LOADERS:
+        return _LOADERS[kind](directory, device)
+    if kind in GENERATOR_TYPE_MODULES:
+        return generator_class(kind).load(directory, device)
+    known = ", ".join(sorted({*GENERATOR_TYPE_MODULES, *_LOADERS}))
+    raise CheckpointError(f"{directory} is not a generator (generator_type={kind!r}; known: {known})")

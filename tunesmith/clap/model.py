@@ -4,7 +4,7 @@ No pretrained audio embedding model can be downloaded here, so we train one: the
 recipe of CLIP (Radford et al. 2021) and CLAP (Elizalde et al. 2023; Wu et al. 2023)
 at a size a 2-core CPU can train in an hour:
 
-- audio tower: a small convolutional network on log-mel spectrograms (tunesmith.features),
+- audio tower: a small convolutional network on log-mel spectrograms (tunesmith.spectral),
   then a Transformer layer over time and attention pooling, projected to ``embed_dim``;
 - text tower: the frozen all-MiniLM-L6-v2 sentence embedding (tunesmith.conditioning.text)
   and a trainable projection (the only text weights we store);
@@ -26,7 +26,7 @@ from torch import nn
 
 from tunesmith.audio import resample
 from tunesmith.checkpoint import register_model
-from tunesmith.features import log_mel
+from tunesmith.spectral import log_mel
 
 
 @dataclass
@@ -179,7 +179,7 @@ class ClapModel(nn.Module):
     """Audio tower + text projection + temperature + CoLLAP fusion.
 
     The frozen sentence encoder is not part of the weights: it comes from
-    ``tunesmith.conditioning.text.get_text_encoder(config.text_encoder)``.
+    ``tunesmith.conditioning.encoders.get_text_encoder(config.text_encoder)``.
     """
 
     def __init__(self, config: ClapConfig) -> None:
@@ -274,7 +274,7 @@ class ClapModel(nn.Module):
 
 def sentence_embeddings(texts: list[str], encoder: str = "minilm") -> torch.Tensor:
     """(B, text_dim) frozen sentence embeddings from the shared text encoder."""
-    from tunesmith.conditioning.text import get_text_encoder
+    from tunesmith.conditioning.encoders import get_text_encoder
 
     if not texts:
         raise ValueError("no texts given")

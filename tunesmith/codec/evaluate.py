@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from tunesmith.audio import AudioError, load_audio
 from tunesmith.codec.losses import mel_distance, si_sdr, stft_distance
 from tunesmith.codec.model import RVQCodec, VAECodec
-from tunesmith.codec.quantize import code_usage, perplexity
+from tunesmith.codec.rvq import code_usage, perplexity
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -75,9 +75,9 @@ def reconstruction_metrics(recon: torch.Tensor, ref: torch.Tensor, sample_rate: 
 
 def chroma_similarity(recon: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> float:
     """Mean cosine similarity of raw chroma energy frames, over frames where the reference has energy."""
-    from tunesmith.features import _chroma_basis, stft_magnitude
+    from tunesmith.spectral import chroma_basis, stft_magnitude
 
-    basis = _chroma_basis(sample_rate, 4096)
+    basis = chroma_basis(sample_rate, 4096)
     a = torch.matmul(basis, stft_magnitude(recon.flatten(0, -2), 4096, 1024, power=2.0))
     b = torch.matmul(basis, stft_magnitude(ref.flatten(0, -2), 4096, 1024, power=2.0))
     energy = b.sum(dim=-2)

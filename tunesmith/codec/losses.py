@@ -1,7 +1,7 @@
 """Codec losses (and the distances the benchmark reports): spectral reconstruction and GAN terms.
 
 All pure functions of tensors.  Audio is (B, C, T); spectra come from
-:mod:`tunesmith.features` so that training, benchmark and evaluation measure the
+:mod:`tunesmith.spectral` so that training, benchmark and evaluation measure the
 same thing.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tunesmith.features import _mel_basis, mel_spectrogram, stft_magnitude
+from tunesmith.spectral import mel_basis, mel_spectrogram, stft_magnitude
 
 # (n_fft, hop) of the multi-resolution STFT loss (Yamamoto et al. 2020, Parallel WaveGAN).
 STFT_RESOLUTIONS: tuple[tuple[int, int], ...] = ((512, 128), (1024, 256), (2048, 512))
@@ -82,7 +82,7 @@ def magnitude_distances(predicted: torch.Tensor, target: torch.Tensor, sample_ra
     predicted, target = _match(predicted, target)
     log_l1 = (torch.log(predicted.clamp_min(1e-5)) - torch.log(target.clamp_min(1e-5))).abs().mean()
     convergence = torch.linalg.vector_norm(target - predicted) / torch.linalg.vector_norm(target).clamp_min(1e-7)
-    basis = _mel_basis(sample_rate, n_fft, n_mels, 0.0, None).to(predicted.device, predicted.dtype)
+    basis = mel_basis(sample_rate, n_fft, n_mels, 0.0, None).to(predicted.device, predicted.dtype)
     mel = (torch.log((basis @ predicted).clamp_min(1e-5)) - torch.log((basis @ target).clamp_min(1e-5))).abs().mean()
     return {"log": log_l1, "convergence": convergence, "mel": mel}
 

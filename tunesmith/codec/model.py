@@ -17,8 +17,8 @@ from torch import nn
 from tunesmith.checkpoint import register_model
 from tunesmith.codec.gaussian import sample_gaussian, split_gaussian
 from tunesmith.codec.modules import Decoder, Encoder, receptive_field_frames
-from tunesmith.codec.spectral import griffin_lim
-from tunesmith.codec.quantize import ResidualVQ
+from tunesmith.spectral import griffin_lim
+from tunesmith.codec.rvq import ResidualVQ
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tunesmith.codec.spectral import griffin_lim, griffin_lim_phase, integrated_phase, istft_same, stft_same
+from tunesmith.spectral import griffin_lim, griffin_lim_phase, integrated_phase, istft_same, stft_same
 
 # Spectral parameters per bin that each way of getting the phase needs (see Decoder).
 PHASE_OUTPUTS = {"griffin-lim": 1, "direct": 2, "integrated": 3}

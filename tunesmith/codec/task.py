@@ -29,9 +29,9 @@ from tunesmith.codec.losses import (
     phase_derivative_loss,
     stft_distance,
 )
-from tunesmith.codec.spectral import stft_same
+from tunesmith.spectral import stft_same
 from tunesmith.codec.model import NetConfig, RVQCodec, VAECodec
-from tunesmith.codec.quantize import perplexity
+from tunesmith.codec.rvq import perplexity
 from tunesmith.codec.synthetic import SyntheticClips
 from tunesmith.train import unwrap
 
@@ -140,7 +140,7 @@ class CodecTask:
             metrics.update(more)
             total = reconstruction + bottleneck
             if step >= self.loss.gan_start_step:
-                from tunesmith.codec.spectral import griffin_lim
+                from tunesmith.spectral import griffin_lim
 
                 c = raw.config
                 recon = griffin_lim(spectrum, c.n_fft, c.hop, c.griffin_lim_iters).reshape(wav.shape[0], c.channels, -1)[..., : wav.shape[-1]]

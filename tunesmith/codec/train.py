@@ -68,16 +68,23 @@ def _train(steps: int, batch: int, lr: float, **kw: Any) -> TrainConfig:
                        grad_clip=10.0, **kw)
 
 
-@register_preset("run/codec", "tiny")
-def _tiny() -> RunConfig:
-    return RunConfig(
-        model=RVQCodecConfig(dim=32, encoder_depths=(1, 1), decoder_depths=(1, 1), latent_dim=16,
-                             num_codebooks=3, codebook_size=64, codebook_dim=4, restart_after=4),
+def tiny_run_parts() -> dict[str, Any]:
+    """What the tiny codec and VAE runs share: a small discriminator, early GAN, synthetic clips."""
+    return dict(
         discriminator=DiscriminatorConfig(stft_resolutions=((512, 128),), stft_channels=4, periods=(2,),
                                           period_channels=(4, 8)),
         loss=LossConfig(gan_start_step=10),
         data=DataConfig(manifest=SYNTHETIC, segment_seconds=0.5, synthetic_clips=16, valid_clips=2, valid_seconds=1.0),
         train=_train(20, 4, 2e-3, warmup_steps=2, log_every=5, checkpoint_every=10, progress=False, valid_every=10),
+    )
+
+
+@register_preset("run/codec", "tiny")
+def _tiny() -> RunConfig:
+    return RunConfig(
+        model=RVQCodecConfig(dim=32, encoder_depths=(1, 1), decoder_depths=(1, 1), latent_dim=16,
+                             num_codebooks=3, codebook_size=64, codebook_dim=4, restart_after=4),
+        **tiny_run_parts(),
     )
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from tunesmith.codec.discriminators import DiscriminatorConfig
 from tunesmith.codec.model import VAEConfig
-from tunesmith.codec.task import SYNTHETIC, CodecRunParts, DataConfig, LossConfig
-from tunesmith.codec.train import _train, export, make_task
+from tunesmith.codec.task import CodecRunParts, DataConfig, LossConfig
+from tunesmith.codec.train import _train, export, make_task, tiny_run_parts
 from tunesmith.config import register_preset
 from tunesmith.train.engine import TrainConfig
 
@@ -30,11 +30,7 @@ class RunConfig(CodecRunParts):
 def _tiny() -> RunConfig:
     return RunConfig(
         model=VAEConfig(dim=32, strides=(2, 2), encoder_depths=(1, 1, 1), decoder_depths=(1, 1, 1), latent_dim=8),
-        discriminator=DiscriminatorConfig(stft_resolutions=((512, 128),), stft_channels=4, periods=(2,),
-                                          period_channels=(4, 8)),
-        loss=LossConfig(gan_start_step=10),
-        data=DataConfig(manifest=SYNTHETIC, segment_seconds=0.5, synthetic_clips=16, valid_clips=2, valid_seconds=1.0),
-        train=_train(20, 4, 2e-3, warmup_steps=2, log_every=5, checkpoint_every=10, progress=False, valid_every=10),
+        **tiny_run_parts(),
     )
 
 

@@ -29,17 +29,15 @@ without it would read it as noise).
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
 from tunesmith.conditioning.instruments import INSTRUMENT_DIM, instrument_vector, parse_instruments
-from tunesmith.conditioning.text import TextEncoder, _check_texts, pad_states
+from tunesmith.conditioning.prompt import parse_key, parse_tempo
+from tunesmith.conditioning.text import TextEncoder, check_texts, pad_states
 
-TEMPO_RANGE = (20.0, 400.0)  # BPM values outside this are not read as tempi
 TEMPO_FREQUENCIES = 64  # sinusoid pairs of the tempo token
 TOKEN_NORM = 8.0  # about the median norm of MiniLM's token states, so neither kind dominates
-PITCH_CLASSES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 # layout of an attribute token: [type (2) | tonic (12) | mode (2) | tempo sinusoids (2 * TEMPO_FREQUENCIES)
 #                                  | instrument type (1) | families and instruments (INSTRUMENT_DIM)]
 # the instrument part came later: it sits after the first layout so older models read theirs unchanged
@@ -48,35 +46,6 @@ MIN_DIM = _TEMPO + 2 * TEMPO_FREQUENCIES
 _INSTRUMENT_TYPE = MIN_DIM
 _INSTRUMENTS = _INSTRUMENT_TYPE + 1
 MIN_DIM_WITH_INSTRUMENTS = _INSTRUMENTS + INSTRUMENT_DIM
-
-_TEMPO_RE = re.compile(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm\b|beats?\s+(?:per|a|each)\s+minute|beats?/min)", re.IGNORECASE)
-_KEY_RE = re.compile(r"\b([A-G])(?:\s*|-)(flat|sharp|♭|♯|b|#)?\s*(major|minor)\b")
-_MODE_RE = re.compile(r"\b(major|minor)\b", re.IGNORECASE)
-
-
-def parse_tempo(text: str) -> float | None:
-    """The first tempo in BPM that ``text`` names ("120 BPM", "72 beats per minute"), or None."""
-    for match in _TEMPO_RE.finditer(text):
-        bpm = float(match.group(1))
-        if TEMPO_RANGE[0] <= bpm <= TEMPO_RANGE[1]:
-            return bpm
-    return None
-
-
-def parse_key(text: str) -> tuple[int | None, str | None]:
-    """(tonic pitch class 0-11 or None, "major"/"minor" or None) named in ``text``.
-
-    The tonic needs a capital letter ("A minor", "B-flat major", "F# minor"), so that the
-    article in "a minor-key waltz" is not read as the note A.
-    """
-    match = _KEY_RE.search(text)
-    if match:
-        letter, accidental, mode = match.groups()
-        shift = {"flat": -1, "♭": -1, "b": -1, "sharp": 1, "♯": 1, "#": 1}.get(accidental or "", 0)
-        return (PITCH_CLASSES[letter] + shift) % 12, mode
-    mode_match = _MODE_RE.search(text)
-    return None, (mode_match.group(1).lower() if mode_match else None)
-
 
 def tempo_features(bpm: float, frequencies: int = TEMPO_FREQUENCIES) -> torch.Tensor:
     """(2 * frequencies,) sinusoids of log2(bpm / 60), from 1/4 to 4 cycles per octave."""
@@ -139,7 +108,7 @@ class AttributeTextEncoder:
         _check_width(self.dim, instruments, "the base encoder has")
 
     def encode(self, texts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
-        items = _check_texts(texts)
+        items = check_texts(texts)
         states, mask = self.base.encode(items)
         rows = [torch.cat([attribute_tokens(text, self.dim, self.instruments), states[i, mask[i]]]) for i, text in enumerate(items)]
         return pad_states(rows)

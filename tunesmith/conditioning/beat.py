@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from tunesmith.conditioning.attributes import parse_tempo
+from tunesmith.conditioning.prompt import parse_tempo
 
 CYCLES_PER_BEAT = (2.0, 1.0, 0.5, 0.25)  # the half beat, the beat, and groups of 2 and 4 beats
 CLOCK_DIM = 2 * len(CYCLES_PER_BEAT)
@@ -44,7 +44,7 @@ def beat_clock(bpm: float, num_frames: int, frame_rate: float, start_frame: int 
     return torch.cat([angles.sin(), angles.cos()]).float()
 
 
-def clip_clock(record: dict, num_frames: int, frame_rate: float, start_frame: int = 0) -> torch.Tensor:
+def record_clock(record: dict, num_frames: int, frame_rate: float, start_frame: int = 0) -> torch.Tensor:
     """The clock of a corpus clip (a manifest or cache record) from ``start_frame`` on: its
     ``tags.tempo_bpm`` grid, a beat on the clip's first frame; zeros for a clip without a tempo."""
     bpm = (record.get("tags") or {}).get("tempo_bpm")

@@ -21,9 +21,9 @@ import math
 
 import torch
 
-from tunesmith.conditioning.attributes import parse_key
+from tunesmith.conditioning.prompt import parse_key
+from tunesmith.music import SCALES, parse_key_name
 
-SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}  # natural minor
 KEY_DIM = 12 + 12 + 2
 _SCALE, _TONIC, _MODE = 0, 12, 24
 
@@ -45,14 +45,14 @@ def key_vector(tonic: int | None, mode: str | None) -> torch.Tensor:
     return out
 
 
-def clip_key(record: dict) -> torch.Tensor:
+def record_key(record: dict) -> torch.Tensor:
     """The key vector of a corpus clip (a manifest or cache record) from its ``tags.key`` and
     ``tags.mode`` ("B-flat", "minor"); zeros for a clip without them."""
     tags = record.get("tags") or {}
     if not tags.get("key") or tags.get("mode") not in SCALES:
         return torch.zeros(KEY_DIM)
-    tonic, mode = parse_key(f"{tags['key']} {tags['mode']}")
-    return key_vector(tonic, mode)
+    key = parse_key_name(tags["key"], tags["mode"])
+    return key_vector(key.tonic, key.mode)
 
 
 def prompt_keys(prompts: list[str]) -> torch.Tensor:

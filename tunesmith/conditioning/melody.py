@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tunesmith.features import chromagram, stft_magnitude
+from tunesmith.spectral import chromagram, stft_magnitude
 
 
 def dominant_chroma(

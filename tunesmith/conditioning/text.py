@@ -66,7 +66,7 @@ def pad_states(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return states, mask
 
 
-def _check_texts(texts: list[str] | str) -> list[str]:
+def check_texts(texts: list[str] | str) -> list[str]:
     items = [texts] if isinstance(texts, str) else list(texts)
     if not items:
         raise ValueError("no texts given")
@@ -128,7 +128,7 @@ class HFTextEncoder:
         return [found[t] for t in texts]
 
     def encode(self, texts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_states(self._states(_check_texts(texts)))
+        return pad_states(self._states(check_texts(texts)))
 
     def embed(self, texts: list[str] | str) -> torch.Tensor:
         states, mask = self.encode(texts)
@@ -189,38 +189,3 @@ class T5TextEncoder(HFTextEncoder):
                 f"cannot load T5 weights '{self.path}': give a local directory, or a Hub id when online ({err})"
             ) from None
         return tokenizer, model
-
-
-_ENCODERS: dict[tuple[str, str], TextEncoder] = {}
-_ENCODERS_LOCK = threading.Lock()
-
-
-def get_text_encoder(name: str = "minilm", device: str = "cpu") -> TextEncoder:
-    """A shared encoder by name: ``minilm`` (default, offline) or ``t5:<name-or-path>``.
-
-    A ``+attributes`` suffix (``minilm+attributes``) adds the tempo and key tokens of
-    :mod:`tunesmith.conditioning.attributes` in front of the base encoder's states;
-    ``+attributes+instruments`` adds the instrument token as well.
-    """
-    for suffix, instruments in (("+attributes", False), ("+attributes+instruments", True)):
-        if name.endswith(suffix):
-            from tunesmith.conditioning.attributes import AttributeTextEncoder
-
-            base = get_text_encoder(name[: -len(suffix)], device)
-            key = (name, str(device))
-            with _ENCODERS_LOCK:
-                if key not in _ENCODERS:
-                    _ENCODERS[key] = AttributeTextEncoder(base, instruments=instruments)
-                return _ENCODERS[key]
-    key = (name, str(device))
-    with _ENCODERS_LOCK:
-        if key not in _ENCODERS:
-            if name == "minilm":
-                _ENCODERS[key] = MiniLMTextEncoder(device)
-            elif name.startswith("t5:"):
-                _ENCODERS[key] = T5TextEncoder(name[3:], device)
-            elif name == "t5":
-                _ENCODERS[key] = T5TextEncoder("t5-base", device)
-            else:
-                raise ValueError(f"unknown text encoder '{name}' (known: minilm, t5, t5:<name-or-path>, each optionally +attributes or +attributes+instruments)")
-        return _ENCODERS[key]

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from safetensors.torch import load_file, save_file
 
-from tunesmith.checkpoint import atomic_write_text
+from tunesmith.files import atomic_write_text
 from tunesmith.data.manifest import manifest_line
 
 KINDS = {"tokens": ("num_codebooks", np.int16), "latents": ("latent_dim", np.float16)}

@@ -13,8 +13,6 @@ import numpy as np
 
 from tunesmith.data.styles import STYLES
 
-MAJOR_NAMES = ["C", "D-flat", "D", "E-flat", "E", "F", "F-sharp", "G", "A-flat", "A", "B-flat", "B"]
-MINOR_NAMES = ["C", "C-sharp", "D", "E-flat", "E", "F", "F-sharp", "G", "G-sharp", "A", "B-flat", "B"]
 
 # every phrase a caption may use for an instrument; tests map captions back through this
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -54,11 +52,6 @@ DYNAMIC_WORDS = {"pp": ("very soft", "very quiet", "hushed"), "p": ("soft", "qui
                  "f": ("loud", "strong", "forceful"), "ff": ("very loud", "powerful", "full-throated")}
 ERA_WORDS = {"baroque": "Baroque", "classical": "Classical-era", "romantic": "Romantic-era",
              "renaissance": "Renaissance", "medieval": "medieval", "traditional": "traditional"}
-
-
-def key_label(tonic_pc: int, mode: str) -> str:
-    """'B-flat' style tonic name, spelled as the key signature would be."""
-    return (MAJOR_NAMES if mode == "major" else MINOR_NAMES)[tonic_pc % 12]
 
 
 def mmss(seconds: float) -> str:

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tunesmith.checkpoint import atomic_write_text
+from tunesmith.files import atomic_write_text
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def write_card(out: str | Path, records: list[dict[str, Any]], skipped: list[dic
         f"- hours: {summary['hours']}",
         f"- clips: {summary['clips']} (mean {summary['mean_clip_seconds']} s)",
         f"- works: {summary['works']}",
-        f"- splits: " + ", ".join(f"{k} {v['clips']} clips / {v['hours']} h" for k, v in summary["splits"].items()),
+        "- splits: " + ", ".join(f"{k} {v['clips']} clips / {v['hours']} h" for k, v in summary["splits"].items()),
         f"- clips with time-aware segment descriptions: {summary['with_segments']}",
         f"- skipped works: {len(skipped)}" + (f" ({', '.join(f'{k}: {v}' for k, v in reasons.most_common(5))})" if skipped else ""),
         f"- seed {options.get('seed')}, {options.get('sample_rate')} Hz, {options.get('channels')} channel(s), "

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from tunesmith.data.arrange import Arrangement
-from tunesmith.data.captions import key_label, segment_texts
+from tunesmith.data.captions import segment_texts
 from tunesmith.data.midi import sounding_tracks, window_key
 from tunesmith.data.styles import DYNAMICS, STYLES
+from tunesmith.music import tonic_name
 
 MIN_SEGMENT_SECONDS = 3.0  # shorter stretches are folded into their neighbour
 BEAT_NAMES = {0.5: "eighth", 1.0: "quarter", 1.5: "dotted quarter", 2.0: "half", 3.0: "dotted half", 4.0: "whole"}
@@ -93,9 +94,9 @@ def clip_tags(arr: Arrangement, clip: ClipWindow, work: dict[str, Any], rng: np.
         "tempo_bpm": arr.tempo_bpm,
         "beat": BEAT_NAMES.get(arr.beat_ql, f"{arr.beat_ql} quarters"),
         "quarter_bpm": round(arr.quarter_bpm, 3),
-        "key": key_label(*clip_key(arr, clip)),
-        "mode": clip_key(arr, clip)[1],
-        "work_key": f"{key_label(arr.tonic_pc, arr.mode)} {arr.mode}",
+        "key": tonic_name(*clip_window_key(arr, clip)),
+        "mode": clip_window_key(arr, clip)[1],
+        "work_key": f"{tonic_name(arr.tonic_pc, arr.mode)} {arr.mode}",
         "meter": meters.pop() if len(meters) == 1 else "mixed",
         "style": arr.style,
         "ensemble": arr.ensemble,
@@ -118,7 +119,7 @@ def clip_tags(arr: Arrangement, clip: ClipWindow, work: dict[str, Any], rng: np.
     return tags
 
 
-def clip_key(arr: Arrangement, clip: ClipWindow) -> tuple[int, str]:
+def clip_window_key(arr: Arrangement, clip: ClipWindow) -> tuple[int, str]:
     """The key the clip's own pitched notes imply (the work's transposed key breaks near-ties)."""
     return window_key(arr, clip.start_tick, clip.end_tick)
 

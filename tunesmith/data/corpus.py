@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import multiprocessing as mp
 import re
 from collections import deque
@@ -25,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from tunesmith.audio import normalize_loudness, rms_db, save_audio
-from tunesmith.checkpoint import atomic_write_text
+from tunesmith.files import atomic_write_text
 from tunesmith.data.arrange import arrange
 from tunesmith.data.captions import caption
 from tunesmith.data.card import write_card

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from tunesmith.audio import normalize_loudness, resample, rms_db, save_audio, to_channels
-from tunesmith.checkpoint import atomic_write_text
+from tunesmith.files import atomic_write_text
 from tunesmith.data.corpus import slug, split_of
 from tunesmith.data.manifest import SPLITS, read_table, write_manifest
 

@@ -11,9 +11,10 @@ from typing import Iterable
 
 import numpy as np
 
-# Krumhansl-Kessler probe-tone profiles, tonic first
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+from tunesmith.music import KRUMHANSL_MAJOR, KRUMHANSL_MINOR
+
+MAJOR_PROFILE = np.array(KRUMHANSL_MAJOR)
+MINOR_PROFILE = np.array(KRUMHANSL_MINOR)
 
 
 def pitch_class_weights(notes: Iterable[tuple[float, float, int]]) -> np.ndarray:

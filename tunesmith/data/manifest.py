@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from tunesmith.files import atomic_path
 from typing import Any, Iterable
 
 REQUIRED_FIELDS = ("id", "audio", "caption", "tags", "duration", "sample_rate", "channels", "split", "source")
@@ -72,17 +72,10 @@ def write_manifest(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     """Write records as JSONL atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for i, record in enumerate(records):
-                check_record(record, f"record {i}")
-                f.write(manifest_line(record) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for i, record in enumerate(records):
+            check_record(record, f"record {i}")
+            f.write(manifest_line(record) + "\n")
     return path
 
 

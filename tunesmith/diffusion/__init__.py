@@ -10,7 +10,7 @@ noise-optimization control) on its own:
 - ``guidance``: classifier-free guidance with rescale and interval;
 - ``inpaint``: mask-conditioned inpainting, RePaint fallback, audio-to-audio strength;
 - ``train``: the ``tunesmith train diffusion`` plug-in;
-- ``pipeline``: the ``latent-diffusion`` generator behind ``tunesmith.generator``.
+- ``generator``: the ``latent-diffusion`` generator, a :class:`tunesmith.generator.Generator`.
 """
 
 from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser

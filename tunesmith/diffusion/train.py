@@ -8,7 +8,7 @@ The synthetic task has a known answer, which is what the tests check.
 
 Per item (seeded by the engine, so a resumed run sees the same draws):
 - a random window of the clip, with its timing (seconds_start, seconds_total);
-- with probability ``cfg_dropout`` the text is dropped (the unconditional branch for CFG);
+- the clip's beat grid and key (``tunesmith.conditioning.from_clip``), when the model takes them;
 - with probability ``mask_probability`` an inpainting mask: keep a prefix (continuation),
   keep everything but one span (inpainting), or keep random spans.
 """
@@ -26,17 +26,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tunesmith.checkpoint import save
-from tunesmith.conditioning.beat import clip_clock
-from tunesmith.conditioning.key import clip_key
+from tunesmith.conditioning.conditions import ConditionDropout, Conditioning, drop_conditions, from_clip
 from tunesmith.config import ConfigError, register_preset
 from tunesmith.data.captions import resample_caption
 from tunesmith.diffusion.denoiser import Denoiser
 from tunesmith.diffusion.dit import DiT, DiTConfig
+from tunesmith.diffusion.generator import LatentDiffusionGenerator
 from tunesmith.diffusion.objectives import sample_training_sigmas
 from tunesmith.train.engine import TrainConfig
 
 SYNTHETIC = "synthetic"
-GENERATOR_TYPE = "latent-diffusion"
 
 
 @dataclass
@@ -46,10 +45,7 @@ class DataConfig:
     segment_frames: int = 250  # training window (10 s at 25 frames/s)
     text_encoder: str = "minilm"  # frozen encoder for cached captions
     latent_scale: float = 1.0  # latents are multiplied by this (aim for unit variance)
-    cfg_dropout: float = 0.1  # probability of dropping the text of an item
     mask_probability: float = 0.3  # probability of an inpainting mask on an item
-    beat_dropout: float = 0.2  # with model.beat_clock: probability of dropping an item's clock (independent of the text)
-    key_dropout: float = 0.2  # with model.key_input: probability of dropping an item's key (independent of the rest)
     caption_resample: float = 0.0  # probability of a caption freshly drawn from the clip's tags (data.captions.resample_caption)
     # synthetic data
     synthetic_items: int = 512
@@ -59,7 +55,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("cfg_dropout", "mask_probability", "beat_dropout", "key_dropout", "caption_resample"):
+        for name in ("mask_probability", "caption_resample"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.segment_frames < 2 or self.latent_scale <= 0 or self.synthetic_items < 1 or self.synthetic_classes < 1:
@@ -78,6 +74,8 @@ class RunConfig:
     model: DiTConfig = field(default_factory=DiTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    # per condition, for guidance (each batch, in training_step); the DiT drops its text less often than the LM
+    dropout: ConditionDropout = field(default_factory=lambda: ConditionDropout(text=0.1))
     train: TrainConfig = field(default_factory=TrainConfig)
     # A DiT (or latent-diffusion generator) directory to start from (tunesmith.checkpoint.init_from):
     # it may lack parts this model adds, e.g. a beat clock, which then start at zero.
@@ -92,14 +90,14 @@ class RunConfig:
 def _tiny() -> RunConfig:
     return RunConfig(
         model=DiTConfig(latent_dim=4, width=64, depth=2, heads=2, text_dim=16, fourier_dim=32, max_seconds=4.0),
-        data=DataConfig(segment_frames=16, synthetic_items=256, synthetic_text_tokens=3, cfg_dropout=0.1),
+        data=DataConfig(segment_frames=16, synthetic_items=256, synthetic_text_tokens=3),
         train=TrainConfig(steps=300, batch_size=16, lr=2e-3, warmup_steps=20, weight_decay=0.001, log_every=50,
                           checkpoint_every=0, checkpoint_minutes=0, progress=False, betas=(0.9, 0.99)),
     )
 
 
-@register_preset("run/diffusion", "small")
-def _small() -> RunConfig:
+@register_preset("run/diffusion", "medium")
+def _medium() -> RunConfig:
     # 25 latent frames/s x 32 channels (the small VAE); Stable Audio 2's recipe: AdamW 1e-4,
     # weight decay 1e-3, exponential warm-up, EMA, v-objective.
     return RunConfig(
@@ -113,8 +111,8 @@ def _small() -> RunConfig:
     )
 
 
-@register_preset("run/diffusion", "bundled")
-def _bundled() -> RunConfig:
+@register_preset("run/diffusion", "small")
+def _small() -> RunConfig:
     """The size that fits the 100 MB budget beside the token LM: width 384, 8 blocks, 6 heads, 20M
     parameters (40 MB in fp16), trained on CPU.
 
@@ -212,10 +210,9 @@ class CachedLatents(Dataset):
         record = self.cache.records[index]
         caption = resample_caption(record, rng, self.data.caption_resample)
         item = _finish_item(window, None, caption, start / self.frame_rate, total / self.frame_rate, self.data, rng)
-        if self.beat_clock:  # the clip's grid (cut at a bar line: a beat on its first frame), from the window's start
-            item["beat"] = clip_clock(record, size, self.frame_rate, start) * float(rng.random() >= self.data.beat_dropout)
-        if self.key_input:
-            item["key"] = clip_key(record) * float(rng.random() >= self.data.key_dropout)
+        # the clip's grid (cut at a bar line: a beat on its first frame) from the window's start, and its key
+        item.update(from_clip(record, num_frames=size, frame_rate=self.frame_rate, start_frame=start,
+                              beat_clock=self.beat_clock, key_input=self.key_input))
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -237,7 +234,6 @@ def _finish_item(
         "latents": latents,
         "text": text,
         "caption": caption,
-        "drop_text": bool(rng.random() < data.cfg_dropout),
         "seconds_start": seconds_start,
         "seconds_total": seconds_total,
         "inpaint_mask": torch.from_numpy(keep)[None],
@@ -247,7 +243,6 @@ def _finish_item(
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {
         "latents": torch.stack([it["latents"] for it in items]),
-        "drop_text": torch.tensor([it["drop_text"] for it in items]),
         "seconds_start": torch.tensor([it["seconds_start"] for it in items], dtype=torch.float32),
         "seconds_total": torch.tensor([it["seconds_total"] for it in items], dtype=torch.float32),
         "inpaint_mask": torch.stack([it["inpaint_mask"] for it in items]),
@@ -291,20 +286,21 @@ class DiffusionTask:
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate(items)
 
-    def text_tokens(self, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text tokens and mask for a batch; dropped items keep only the null token."""
+    def conditioning(self, batch: dict[str, Any], device: torch.device) -> Conditioning:
+        """The batch's conditioning (text encoded here, from the captions), before dropout."""
         if "text" in batch:
             text = batch["text"]
             mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
         else:
             if self._text_encoder is None:
-                from tunesmith.conditioning.text import get_text_encoder
+                from tunesmith.conditioning.encoders import get_text_encoder
 
                 self._text_encoder = get_text_encoder(self.config.data.text_encoder)
             with torch.no_grad():
                 text, mask = self._text_encoder.encode(batch["caption"])
-            text, mask = text.to(device), mask.to(device)
-        return text, mask & ~batch["drop_text"].to(device)[:, None]
+        cond = Conditioning(text, mask, beat=batch.get("beat"), key=batch.get("key"),
+                            seconds_start=batch["seconds_start"], seconds_total=batch["seconds_total"])
+        return cond.to(device)
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         net = modules["dit"]
@@ -313,16 +309,10 @@ class DiffusionTask:
         b = x0.shape[0]
         sigma = sample_training_sigmas(b, obj.noise_distribution, mean=obj.noise_mean, std=obj.noise_std).to(x0.device)
         noise = torch.randn_like(x0)
-        text, text_mask = self.text_tokens(batch, x0.device)
+        cond = drop_conditions(self.conditioning(batch, x0.device), self.config.dropout)
         denoiser = Denoiser(net, cfg.parameterization, cfg.sigma_data)
         extra = {"inpaint_mask": batch["inpaint_mask"], "inpaint_latents": x0} if cfg.inpainting else {}
-        for name in ("beat", "key"):
-            if name in batch:
-                extra[name] = batch[name]
-        loss = denoiser.loss(
-            x0, sigma, noise, text=text, text_mask=text_mask,
-            seconds_start=batch["seconds_start"], seconds_total=batch["seconds_total"], **extra,
-        )
+        loss = denoiser.loss(x0, sigma, noise, **cond.model_inputs(), **extra)
         return loss, {"sigma_median": float(sigma.median())}
 
 
@@ -341,7 +331,7 @@ def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
     model = DiT(config.model)
     model.load_state_dict(trainer.ema_state_dict("dit"))
     meta = {
-        "generator_type": GENERATOR_TYPE,
+        "generator_type": LatentDiffusionGenerator.generator_type,
         "text_encoder": config.data.text_encoder,
         "latent_scale": config.data.latent_scale,
         "training": {"step": trainer.step, "run_dir": str(trainer.out_dir)},
@@ -351,7 +341,6 @@ def export(trainer: Any, config: RunConfig, out_dir: Path) -> Path:
         codec = json.loads((Path(config.data.cache_dir) / "meta.json").read_text()).get("model")
     if codec:
         from tunesmith.checkpoint import bundled_models, load_model
-        from tunesmith.diffusion.pipeline import LatentDiffusionGenerator
 
         try:
             vae = load_model(codec)

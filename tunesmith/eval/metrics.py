@@ -24,14 +24,14 @@ Sections:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from tunesmith.features import chromagram, log_mel, stft_magnitude
+from tunesmith.music import KEY_PROFILES, Key
+from tunesmith.spectral import chromagram, log_mel, stft_magnitude
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -297,7 +297,7 @@ def clap_score(audio_embeddings: ArrayLike, text_embeddings: ArrayLike) -> np.nd
 
 
 def chroma_features(wav: ArrayLike, sample_rate: int) -> np.ndarray:
-    """(12, frames) chromagram of mono audio, frames of ~43 ms at 24 kHz (tunesmith.features)."""
+    """(12, frames) chromagram of mono audio, frames of ~43 ms at 24 kHz (tunesmith.spectral)."""
     mono = torch.from_numpy(_as_mono(wav))
     n_fft = 1 << int(math.ceil(math.log2(sample_rate * 0.17)))
     return chromagram(mono, sample_rate, n_fft=n_fft, hop=n_fft // 4).double().numpy()
@@ -375,65 +375,6 @@ def tempo_match(estimated_bpm: float, target_bpm: float, tolerance: float = 0.04
 
 # ---------------------------------------------------------------------------
 # 7. Key and mode
-
-PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-
-# Probe-tone ratings of Krumhansl & Kessler (1982), tonic first.
-KRUMHANSL_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
-KRUMHANSL_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
-# Temperley (1999, "What's key for key?"), revised profiles, tonic first.
-TEMPERLEY_MAJOR = (5.0, 2.0, 3.5, 2.0, 4.5, 4.0, 2.0, 4.5, 2.0, 3.5, 1.5, 4.0)
-TEMPERLEY_MINOR = (5.0, 2.0, 3.5, 4.5, 2.0, 4.0, 2.0, 4.5, 3.5, 2.0, 1.5, 4.0)
-KEY_PROFILES = {
-    "krumhansl": (KRUMHANSL_MAJOR, KRUMHANSL_MINOR),
-    "temperley": (TEMPERLEY_MAJOR, TEMPERLEY_MINOR),
-}
-
-_LETTER = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-
-
-@dataclass(frozen=True)
-class Key:
-    """A key: tonic pitch class 0-11 (C = 0) and mode ("major" or "minor")."""
-
-    tonic: int
-    mode: str
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.tonic < 12 or self.mode not in ("major", "minor"):
-            raise ValueError(f"invalid key: tonic {self.tonic}, mode {self.mode!r}")
-
-    @property
-    def name(self) -> str:
-        return f"{PITCH_CLASSES[self.tonic]} {self.mode}"
-
-
-def parse_key(text: str, mode: str | None = None) -> Key:
-    """Read a key name such as "B-flat major", "Bb", "f# minor", "E♭ min", "A" (+ optional mode).
-
-    A mode given separately wins over one found in ``text``; with neither, major.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"key must be a string, got {type(text).__name__}")
-    match = re.fullmatch(
-        r"\s*([A-Ga-g])\s*(?:-?\s*(flat|sharp|b|#|♭|♯|-))?\s*(major|minor|maj|min|m)?\s*", text, flags=re.IGNORECASE
-    )
-    if not match:
-        raise ValueError(f"cannot read key name {text!r} (expected e.g. 'B-flat major', 'F# minor')")
-    letter, accidental, found_mode = match.groups()
-    tonic = _LETTER[letter.upper()]
-    if accidental:
-        acc = accidental.lower()
-        tonic += -1 if acc in ("flat", "b", "♭", "-") else 1
-    if found_mode and found_mode != "m":
-        found_mode = "minor" if found_mode.lower().startswith("min") else "major"
-    elif found_mode == "m":
-        found_mode = "minor"
-    chosen = (mode or found_mode or "major").lower()
-    if chosen not in ("major", "minor"):
-        raise ValueError(f"unknown mode {mode!r} (expected major or minor)")
-    return Key(tonic % 12, chosen)
-
 
 def key_profile_scores(chroma_vector: ArrayLike, profile: str = "temperley") -> np.ndarray:
     """(2, 12) Pearson correlations of a 12-bin pitch-class distribution with every rotated

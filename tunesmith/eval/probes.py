@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.eval.metrics import Key
+from tunesmith.music import MAJOR_TONIC_NAMES
 
 MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11, 12)
 HARMONIC_MINOR_STEPS = (0, 2, 3, 5, 7, 8, 11, 12)
@@ -191,7 +192,6 @@ def find_soundfont() -> Path | None:
 # a dull low bass (2 partials, an octave down) and a bright high bell (8 partials, an
 # octave up).  name -> (family, partials, octave shift)
 PROBE_INSTRUMENTS = {"bass": ("bass", 2, -1), "glockenspiel": ("mallets", 8, 1)}
-_KEY_NAMES = ("C", "D-flat", "D", "E-flat", "E", "F", "F-sharp", "G", "A-flat", "A", "B-flat", "B")
 
 
 def write_probe_corpus(
@@ -229,7 +229,7 @@ def write_probe_corpus(
             wav = synthesize(notes, sample_rate, seconds, partials=partials, seed=index)
             rel = f"audio/probe-{index:04d}.wav"
             sf.write(str(out / rel), wav, sample_rate, subtype="PCM_16")
-            key_name = _KEY_NAMES[key.tonic]
+            key_name = MAJOR_TONIC_NAMES[key.tonic]
             lines.append({
                 "id": f"probe-{index:04d}", "audio": rel,
                 "caption": f"a {key.mode} tune played by {name} in {key_name} {key.mode} at {bpm:g} BPM",

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.eval.metrics import Key, parse_key
+from tunesmith.conditioning.prompt import parse_prompt
+from tunesmith.music import Key, parse_key_name, tonic_name
 
 
 class PromptFileError(ValueError):
@@ -47,36 +48,28 @@ class PromptSpec:
 
     @property
     def target_key(self) -> Key | None:
-        return parse_key(self.key, self.mode) if self.key else None
+        return parse_key_name(self.key, self.mode) if self.key else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_BPM = re.compile(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)", re.IGNORECASE)
-_KEY = re.compile(r"\bin\s+([A-G](?:[- ]?(?:flat|sharp)|[#b♭♯])?)\s+(major|minor)\b", re.IGNORECASE)
-_MODE = re.compile(r"\b(major|minor)\b", re.IGNORECASE)
+def attributes_from_text(text: str, hierarchy: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """Tempo, key, mode and instrument families a free-text prompt names, read by the same
+    parser the models condition on (:func:`tunesmith.conditioning.prompt.parse_prompt`).
 
-
-def attributes_from_text(text: str, hierarchy: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    """Tempo, key, mode and instrument families named in a free-text prompt."""
+    ``hierarchy`` (family -> instruments, the CLAP tagger's) keeps only the families the
+    evaluator can score.
+    """
+    facts = parse_prompt(text)
     out: dict[str, Any] = {}
-    if m := _BPM.search(text):
-        out["tempo_bpm"] = float(m.group(1))
-    if m := _KEY.search(text):
-        try:
-            key = parse_key(m.group(1), m.group(2).lower())
-            out["key"], out["mode"] = m.group(1), key.mode
-        except ValueError:
-            pass
-    elif m := _MODE.search(text):
-        out["mode"] = m.group(1).lower()
-    lowered = text.lower()
-    families = []
-    for family, names in hierarchy.items():
-        words = (family, *names)
-        if any(re.search(rf"\b{re.escape(w)}(?:s|es)?\b", lowered) for w in words):
-            families.append(family)
+    if facts.tempo_bpm is not None:
+        out["tempo_bpm"] = facts.tempo_bpm
+    if facts.tonic is not None and facts.mode is not None:
+        out["key"] = tonic_name(facts.tonic, facts.mode)
+    if facts.mode is not None:
+        out["mode"] = facts.mode
+    families = sorted(f for f in facts.families if hierarchy is None or f in hierarchy)
     if families:
         out["families"] = families
     return out

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunesmith.checkpoint import atomic_write_text
-from tunesmith.features import log_mel
+from tunesmith.files import atomic_write_text
+from tunesmith.spectral import log_mel
 
 
 def _clean(value: Any) -> Any:
@@ -104,9 +104,10 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[tuple[str, str]]:
         fig.savefig(out_dir / "clap_scores.png")
         plt.close(fig)
         made.append(("clap_scores.png", "CLAP scores of generated audio and of the references"))
-    from tunesmith.eval.metrics import key_relation, parse_key
+    from tunesmith.eval.metrics import key_relation
+    from tunesmith.music import parse_key_name
 
-    relations = [key_relation(parse_key(r["key_estimated"]), parse_key(r["key_target"]))
+    relations = [key_relation(parse_key_name(r["key_estimated"]), parse_key_name(r["key_target"]))
                  for r in rows if r.get("key_estimated") and r.get("key_target")]
     if relations:
         names = ["same", "fifth", "relative", "parallel", "other"]

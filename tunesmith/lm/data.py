@@ -20,8 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tunesmith.conditioning.beat import clip_clock
-from tunesmith.conditioning.key import clip_key
+from tunesmith.conditioning.conditions import from_clip
 from tunesmith.conditioning.text import TextEncoder, pad_states
 from tunesmith.data.captions import resample_caption
 from tunesmith.data.cache import CacheError, FrameCache
@@ -129,10 +128,8 @@ class TokenWindows(Dataset):
         if self.melody is not None:
             mel = self.melody[index][:, start : start + self.segment].float()
             item["melody"] = torch.nn.functional.pad(mel, (0, self.segment - mel.shape[1]))
-        if self.beat_clock:
-            item["beat"] = clip_clock(self.cache.records[index], self.segment, self.frame_rate, start)
-        if self.key_input:
-            item["key"] = clip_key(self.cache.records[index])
+        item.update(from_clip(self.cache.records[index], num_frames=self.segment, frame_rate=self.frame_rate,
+                              start_frame=start, beat_clock=self.beat_clock, key_input=self.key_input))
         return item
 
 

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tunesmith.lm.model import Conditioning, TokenLM
+from tunesmith.conditioning.conditions import Conditioning
+from tunesmith.lm.model import TokenLM
 from tunesmith.lm.patterns import from_sequence, layout, num_steps, to_sequence
 from tunesmith.lm.sampling import apply_cfg, sample
 
@@ -61,7 +62,7 @@ def decode_window(
     applies to the text).
     """
     c = model.config
-    K, N, B = c.num_codebooks, c.codebook_size, batch_size
+    K, B = c.num_codebooks, batch_size
     device = next(model.parameters()).device
     table = layout(c.pattern, K, num_frames)
     known = torch.full((B, K, num_frames), -1, dtype=torch.long, device=device)

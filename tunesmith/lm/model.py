@@ -32,7 +32,7 @@ its output at ``start + s`` gives the logits of pattern step s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +41,16 @@ from torch import nn
 from tunesmith.checkpoint import register_model
 from tunesmith.lm.backbones import Backbone, backbone_config, build_backbone
 from tunesmith.conditioning.beat import CLOCK_DIM
+from tunesmith.conditioning.conditions import Conditioning
 from tunesmith.conditioning.key import KEY_DIM
 from tunesmith.lm.patterns import PATTERNS, layout, num_steps, step_frames
 
 
 @dataclass
 class LMConfig:
+    # the conditions' dropout probabilities moved to the training run (RunConfig.dropout)
+    RETIRED_KEYS: ClassVar[tuple[str, ...]] = ("text_dropout", "melody_dropout", "beat_dropout", "key_dropout")
+
     num_codebooks: int = 4
     codebook_size: int = 2048
     dim: int = 512
@@ -54,28 +58,21 @@ class LMConfig:
     backbone_config: dict[str, Any] = field(default_factory=dict)  # options of that backbone
     pattern: Literal["parallel", "delay", "flattening", "coarse_first"] = "delay"
     conditioning: Literal["cross", "prefix"] = "cross"
-    text_encoder: str = "minilm"  # name for tunesmith.conditioning.text.get_text_encoder
+    text_encoder: str = "minilm"  # name for tunesmith.conditioning.encoders.get_text_encoder
     text_dim: int = 384
     max_text_tokens: int = 64  # text is truncated to this; the prefix form pads to it
     melody: bool = False  # prepend a chroma one-hot prefix
     chroma_bins: int = 12
     frame_rate: float = 50.0  # codec frames per second
     max_frames: int = 1500  # the trained context, in frames
-    text_dropout: float = 0.2  # probability of dropping the text in training (for CFG)
-    melody_dropout: float = 0.2
     beat_clock: bool = False  # add the prompted tempo's beat clock to every step's input
-    beat_dropout: float = 0.2  # independent of the text, so prompts without a tempo work too
     key_input: bool = False  # add the prompted key's vector to every step's input
-    key_dropout: float = 0.2  # independent of the text and the clock
 
     def __post_init__(self) -> None:
         if self.num_codebooks < 1 or self.codebook_size < 2 or self.dim < 8:
             raise ValueError("need num_codebooks >= 1, codebook_size >= 2, dim >= 8")
         if self.max_frames < 1 or self.max_text_tokens < 1 or self.frame_rate <= 0:
             raise ValueError("max_frames, max_text_tokens and frame_rate must be positive")
-        for name in ("text_dropout", "melody_dropout", "beat_dropout", "key_dropout"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]")
         if self.pattern not in PATTERNS:
             raise ValueError(f"unknown pattern '{self.pattern}'")
         backbone_config(self.backbone, self.backbone_config)  # unknown backbone or option: error now
@@ -87,99 +84,6 @@ class LMConfig:
 
     def max_steps(self, num_frames: int | None = None) -> int:
         return num_steps(self.pattern, self.num_codebooks, self.max_frames if num_frames is None else num_frames)
-
-
-@dataclass
-class Conditioning:
-    """What the model attends to or is prefixed with, already as tensors.
-
-    ``text`` (B, S, text_dim) with ``text_mask`` (B, S) bool (True = real token; a row
-    of all False means "no text", the unconditional case of CFG); ``melody`` (B, 12, F)
-    one-hot chroma per frame or all zeros for "no melody"; ``beat`` (B, CLOCK_DIM, F)
-    the beat clock per frame or all zeros for "no clock"; ``key`` (B, KEY_DIM) the key
-    vector or zeros for "no key".
-    """
-
-    text: torch.Tensor | None = None
-    text_mask: torch.Tensor | None = None
-    melody: torch.Tensor | None = None
-    beat: torch.Tensor | None = None
-    key: torch.Tensor | None = None
-
-    def tensors(self) -> tuple[torch.Tensor | None, ...]:
-        return (self.text, self.text_mask, self.melody, self.beat, self.key)
-
-    def _map(self, fn: Any) -> "Conditioning":
-        return Conditioning(*(None if t is None else fn(t) for t in self.tensors()))
-
-    def batch_size(self) -> int | None:
-        for t in (self.text, self.melody, self.beat, self.key):
-            if t is not None:
-                return t.shape[0]
-        return None
-
-    def null(self, keep: tuple[str, ...] = ()) -> "Conditioning":
-        """The same shapes with every condition dropped but those named in ``keep``
-        ("text", "melody", "beat", "key"): the unconditional half of CFG."""
-        unknown = set(keep) - {"text", "melody", "beat", "key"}
-        if unknown:
-            raise ValueError(f"unknown conditions to keep: {', '.join(sorted(unknown))}")
-        dropped = self._map(torch.zeros_like)
-        return Conditioning(
-            self.text if "text" in keep else dropped.text,
-            self.text_mask if "text" in keep else dropped.text_mask,
-            self.melody if "melody" in keep else dropped.melody,
-            self.beat if "beat" in keep else dropped.beat,
-            self.key if "key" in keep else dropped.key,
-        )
-
-    def cat(self, other: "Conditioning") -> "Conditioning":
-        """Stack two conditionings along the batch (conditional rows first)."""
-        pairs = zip(self.tensors(), other.tensors())
-        return Conditioning(*(None if a is None else torch.cat([a, b], 0) for a, b in pairs))
-
-    def repeat(self, n: int) -> "Conditioning":
-        return self._map(lambda a: a.repeat_interleave(n, 0))
-
-    def to(self, device: torch.device | str) -> "Conditioning":
-        return self._map(lambda a: a.to(device))
-
-    def frames(self, start: int, length: int) -> "Conditioning":
-        """The per-frame conditions (melody, beat) cut to frames [start, start + length),
-        zero-padded ("none") past their end; the text and the key are unchanged."""
-
-        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
-            if x is None:
-                return None
-            x = x[..., start : start + length]
-            return F.pad(x, (0, length - x.shape[-1])) if x.shape[-1] < length else x
-
-        return Conditioning(self.text, self.text_mask, cut(self.melody), cut(self.beat), self.key)
-
-
-def drop_conditions(
-    cond: Conditioning, text_p: float, melody_p: float, generator: torch.Generator | None = None, beat_p: float = 0.0,
-    key_p: float = 0.0,
-) -> Conditioning:
-    """Independently drop the text, the melody, the beat clock and the key of each example
-    (CFG training, MusicGen sec. 2.2)."""
-    B = cond.batch_size()
-    if B is None:
-        return cond
-
-    def keep(p: float, like: torch.Tensor) -> torch.Tensor:
-        return (torch.rand(B, generator=generator) >= p).to(like.device)
-
-    text, mask, melody, beat, key = cond.tensors()
-    if mask is not None and text_p > 0:
-        mask = mask & keep(text_p, mask)[:, None]
-    if melody is not None and melody_p > 0:
-        melody = melody * keep(melody_p, melody)[:, None, None].to(melody.dtype)
-    if beat is not None and beat_p > 0:
-        beat = beat * keep(beat_p, beat)[:, None, None].to(beat.dtype)
-    if key is not None and key_p > 0:
-        key = key * keep(key_p, key)[:, None].to(key.dtype)
-    return Conditioning(text, mask, melody, beat, key)
 
 
 @register_model("lm", LMConfig)

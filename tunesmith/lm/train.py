@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from tunesmith.config import register_preset
 from tunesmith.data.cache import FrameCache, read_cache_meta
 from tunesmith.lm.data import TokenWindows, collate_windows, encode_captions
-from tunesmith.lm.model import Conditioning, LMConfig, TokenLM, drop_conditions, token_loss
+from tunesmith.conditioning.conditions import ConditionDropout, Conditioning, drop_conditions
+from tunesmith.lm.model import LMConfig, TokenLM, token_loss
 from tunesmith.lm.patterns import layout, to_sequence
 from tunesmith.train.engine import TrainConfig
 
@@ -41,6 +42,7 @@ class RunConfig:
     # probability that a training window gets a caption freshly drawn from its clip's tags
     # instead of the corpus caption (tunesmith.data.captions.resample_caption)
     caption_resample: float = 0.0
+    dropout: ConditionDropout = field(default_factory=ConditionDropout)  # per condition, for guidance
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -93,16 +95,16 @@ def valid_cells(table: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def window_loss(
-    lm: torch.nn.Module, c: LMConfig, batch: dict[str, torch.Tensor], dropout: bool = False
+    lm: torch.nn.Module, c: LMConfig, batch: dict[str, torch.Tensor], dropout: ConditionDropout | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of a batch of token windows (``collate_windows``) through the codebook
-    pattern; with ``dropout``, text and melody are dropped as in training (for guidance)."""
+    pattern; with ``dropout``, the conditions are dropped as in training (for guidance)."""
     tokens = batch["tokens"]
     table = layout(c.pattern, c.num_codebooks, tokens.shape[-1])
     steps = to_sequence(tokens, table, fill=c.special_token)
     cond = Conditioning(batch["text"], batch["text_mask"], batch.get("melody"), batch.get("beat"), batch.get("key"))
-    if dropout:
-        cond = drop_conditions(cond, c.text_dropout, c.melody_dropout, beat_p=c.beat_dropout, key_p=c.key_dropout)
+    if dropout is not None:
+        cond = drop_conditions(cond, dropout)
     return token_loss(lm(steps, cond), steps, valid_cells(table, batch["length"]))
 
 
@@ -114,7 +116,7 @@ def melody_tracks(cache: FrameCache, codec_dir: str, cache_path: Path, num_codeb
             return [stored[str(i)] for i in range(len(cache))]
     from tunesmith.checkpoint import load_model
     from tunesmith.conditioning.melody import dominant_chroma
-    from tunesmith.lm.generator import codec_sample_rate
+    from tunesmith.generator import codec_sample_rate
 
     if not codec_dir:
         raise ValueError("a melody model trains on chroma of the decoded tokens: set 'codec' to the codec model")
@@ -140,7 +142,7 @@ class LMTask:
         meta = read_cache_meta(config.data)
         if abs(float(meta["frame_rate"]) - c.frame_rate) > 1e-6:
             raise ValueError(f"cache frame rate {meta['frame_rate']} differs from model.frame_rate {c.frame_rate}")
-        from tunesmith.conditioning.text import get_text_encoder
+        from tunesmith.conditioning.encoders import get_text_encoder
 
         encoder = get_text_encoder(c.text_encoder)
         if encoder.dim != c.text_dim:
@@ -175,7 +177,7 @@ class LMTask:
         return collate_windows(items)
 
     def _loss(self, lm: torch.nn.Module, batch: dict[str, torch.Tensor], dropout: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return window_loss(lm, self.config.model, batch, dropout)
+        return window_loss(lm, self.config.model, batch, self.config.dropout if dropout else None)
 
     def training_step(self, modules: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor], step: int):
         loss, per_k = self._loss(modules["lm"], batch, dropout=True)

@@ -10,15 +10,15 @@ any instant leaves either the old or the new checkpoint, never half of one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tunesmith.checkpoint import CheckpointError, atomic_write_text, load_tensors, save_tensors
+from tunesmith.checkpoint import load_tensors, save_tensors
+from tunesmith.errors import CheckpointError
+from tunesmith.files import atomic_directory, atomic_write_text
 
 LATEST = "latest"
 
@@ -56,16 +56,9 @@ def write_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], st
     """Atomically write checkpoint ``step`` under ``root`` and prune to the newest ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp_"))
-    try:
+    with atomic_directory(final) as tmp:
         save_tensors(tensors, tmp / "weights.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(root / LATEST, final.name + "\n")
     old = sorted(p for p in root.glob("step_*") if p.is_dir())
     for path in old[: max(len(old) - keep, 0)]:

@@ -14,7 +14,6 @@ import importlib
 from pathlib import Path
 
 from tunesmith.config import apply_overrides, load_config, preset, preset_names, save_config
-from tunesmith.errors import UserError
 
 KINDS: dict[str, str] = {
     "codec": "tunesmith.codec.train",
@@ -43,12 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def resolve_config(kind: str, preset_name: str | None, config_path: str | None, overrides: list[str],
                    out: str | None):
-    try:
-        module = importlib.import_module(KINDS[kind])
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("tunesmith"):
-            raise UserError(f"training '{kind}' is not available in this version yet") from None
-        raise
+    module = importlib.import_module(KINDS[kind])
     if config_path:
         config = load_config(module.RunConfig, config_path)
     else:

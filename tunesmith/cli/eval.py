@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunesmith.cli import UserError
+    from tunesmith.errors import UserError
 
     if args.self_check:
         return _self_check()
@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 def _self_check() -> int:
     """Print the signal metrics on probes whose answers are known."""
     from tunesmith.eval import metrics as M
+    from tunesmith.music import parse_key_name
     from tunesmith.eval import probes as P
 
     sr = 24000
@@ -135,7 +136,7 @@ def _self_check() -> int:
     for bpm in (70, 96, 120, 144):
         report["tempo"][f"click {bpm}"] = round(M.estimate_tempo(P.click_track(bpm, sr, 10.0), sr), 2)
     for name in ("C major", "A minor", "B-flat major", "F# minor"):
-        key = M.parse_key(name)
+        key = parse_key_name(name)
         notes = P.cadence_notes(key)
         wav = P.synthesize(notes, sr, max(n[0] + n[1] for n in notes) + 0.2)
         report["key"][f"cadence {name}"] = M.estimate_key(wav, sr).name

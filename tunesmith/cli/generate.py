@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunesmith import DEFAULT_GENERATOR
 from tunesmith.errors import UserError
 
-DEFAULT_MODEL = "tunesmith-small-dit"
 FORMATS = ("wav", "flac")
 
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output file (one prompt) or directory (--prompts); default: output.<format> / outputs/")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same audio")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled name or model directory (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_GENERATOR, help=f"bundled name or model directory (default {DEFAULT_GENERATOR})")
     p.add_argument("--melody", metavar="REF", help="audio file whose melody to follow (token-LM models)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (model default if unset)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
@@ -96,7 +96,7 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tunesmith.audio import load_audio, save_audio
-    from tunesmith.checkpoint import atomic_write_text, bundled_models
+    from tunesmith.files import atomic_write_text
     from tunesmith.generator import check_request, load_generator
 
     if args.prompt and args.prompts:
@@ -109,9 +109,6 @@ def run(args: argparse.Namespace) -> int:
     if not (args.duration > 0):
         raise UserError(f"--duration must be > 0 seconds, got {args.duration:g}")
     paths, fmt = plan_outputs(args, prompts)
-    if args.model == DEFAULT_MODEL and DEFAULT_MODEL not in bundled_models():
-        raise UserError(f"the default model '{DEFAULT_MODEL}' is not bundled in this build yet (it is being "
-                        "trained); pass --model with a generator directory of your own")
     generator = load_generator(args.model)
     try:
         check_request(prompts, args.duration, generator.max_duration)
@@ -119,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     controls: dict[str, Any] = {}
     if args.melody:
-        melody = load_audio(args.melody, sample_rate=generator.sample_rate, channels=1)
-        controls["melody"] = melody.samples
+        controls["melody"] = load_audio(args.melody, sample_rate=generator.sample_rate, channels=1)
     for name in ("cfg", "steps", "temperature", "top_k"):
         value = getattr(args, name)
         if value is not None:

@@ -1,11 +1,11 @@
-"""`tunesmith codec`: train, encode, decode, eval, cache and export the neural codecs.
+"""`tunesmith codec`: encode, decode, eval, cache and export the neural codecs (train them with
+`tunesmith train codec` / `tunesmith train vae`).
 
     tunesmith codec encode song.wav song.npz [--model codec-24k] [--num-codebooks 4]
     tunesmith codec decode song.npz song.wav
     tunesmith codec eval --model codec-24k --manifest corpus/manifest.jsonl --split test
     tunesmith codec cache --manifest corpus/manifest.jsonl --out caches/tokens [--model vae-24k]
     tunesmith codec roundtrip --manifest corpus/manifest.jsonl --out corpus-codec [--num-codebooks 4]
-    tunesmith codec train [--vae] --preset small --out runs/codec-v1 [--resume]
     tunesmith codec export --run runs/codec-v1 --out models/codec-24k
     tunesmith codec curves rvq=runs/codec-v1 vae=runs/vae-v1 --out docs/codec_curves.png
 
@@ -27,7 +27,7 @@ DEFAULT_MODEL = "codec-24k"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("codec", help="encode/decode audio with the neural codec, train or evaluate it")
+    p = sub.add_parser("codec", help="encode/decode audio with the neural codec, evaluate, cache or export it")
     verbs = p.add_subparsers(dest="codec_verb", metavar="ACTION", required=True)
 
     e = verbs.add_parser("encode", help="audio file -> .npz of tokens (RVQ) or latents (VAE)")
@@ -72,16 +72,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--num-codebooks", type=int, default=None, help="RVQ codebooks to keep (default all)")
     r.set_defaults(func=_roundtrip)
 
-    t = verbs.add_parser("train", help="same as 'tunesmith train codec' (or 'vae' with --vae)")
-    t.add_argument("--vae", action="store_true", help="train the VAE instead of the RVQ codec")
-    t.add_argument("--preset", default=None)
-    t.add_argument("--config", default=None)
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--out", default=None)
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--export", default=None)
-    t.set_defaults(func=_train)
-
     x = verbs.add_parser("export", help="write a model directory (+ eval JSON) from a run's latest checkpoint")
     x.add_argument("--run", required=True, help="run directory of 'tunesmith train codec|vae'")
     x.add_argument("--out", required=True)
@@ -108,7 +98,7 @@ def _load(name: str):
 def _encode(args: argparse.Namespace) -> int:
     from tunesmith.audio import load_audio
     from tunesmith.codec.model import RVQCodec
-    from tunesmith.cli import UserError
+    from tunesmith.errors import UserError
 
     codec = _load(args.model)
     audio = load_audio(args.input, codec.sample_rate, codec.channels)
@@ -138,7 +128,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """Read an .npz written by ``codec encode`` (never unpickling anything)."""
-    from tunesmith.cli import UserError
+    from tunesmith.errors import UserError
 
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -153,7 +143,7 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
 def _decode(args: argparse.Namespace) -> int:
     from tunesmith.audio import save_audio
     from tunesmith.codec.model import RVQCodec
-    from tunesmith.cli import UserError
+    from tunesmith.errors import UserError
 
     fields = read_npz(args.input)
     codec = _load(args.model or str(fields["model"]) if "model" in fields else args.model or DEFAULT_MODEL)
@@ -203,7 +193,7 @@ def _cache(args: argparse.Namespace) -> int:
     from tunesmith.codec.model import RVQCodec
     from tunesmith.data.cache import write_frame_cache
     from tunesmith.data.datasets import AudioClipDataset
-    from tunesmith.cli import UserError
+    from tunesmith.errors import UserError
 
     codec = _load(args.model)
     rvq = isinstance(codec, RVQCodec)
@@ -239,15 +229,6 @@ def _roundtrip(args: argparse.Namespace) -> int:
     path = round_trip_manifest(_load(args.model), args.manifest, args.out, args.num_codebooks)
     print(f"round trips of {args.manifest} -> {path}")
     return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from tunesmith.train import cli as train_cli
-
-    ns = argparse.Namespace(kind="vae" if args.vae else "codec", preset=args.preset, config=args.config,
-                            overrides=args.overrides, out=args.out, resume=args.resume, export=args.export,
-                            print_config=False)
-    return train_cli.run(ns)
 
 
 def _export(args: argparse.Namespace) -> int:

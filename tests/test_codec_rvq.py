@@ -5,7 +5,7 @@ import math
 import torch
 
 from tunesmith.codec.gaussian import gaussian_kl, sample_gaussian, split_gaussian
-from tunesmith.codec.quantize import (
+from tunesmith.codec.rvq import (
     FactorizedVQ,
     ResidualVQ,
     code_usage,

@@ -10,9 +10,9 @@ import torch
 from tunesmith.audio import Audio
 from tunesmith.cli import main
 from tunesmith.codec.model import VAECodec, VAEConfig
-from tunesmith.conditioning.text import get_text_encoder
+from tunesmith.conditioning.encoders import get_text_encoder
 from tunesmith.diffusion.dit import DiT, DiTConfig
-from tunesmith.diffusion.pipeline import LatentDiffusionGenerator
+from tunesmith.diffusion.generator import LatentDiffusionGenerator
 from tunesmith.generator import Generator, load_generator
 
 
@@ -166,13 +166,13 @@ def test_a_beat_clock_model_gets_the_prompted_tempo(generator):
     dit, clocked = _as_if_trained(generator, "beat_proj", beat_clock=True)
     cond, uncond = clocked.conditioning(["a jig at 150 BPM", "a jig"], 1.0)
     frames = clocked.num_frames(1.0)
-    torch.testing.assert_close(cond["beat"][0], beat_clock(150.0, frames, clocked.frame_rate))
-    assert cond["beat"][1].abs().sum() == 0 and uncond["beat"].abs().sum() == 0
+    torch.testing.assert_close(cond.beat[0], beat_clock(150.0, frames, clocked.frame_rate))
+    assert cond.beat[1].abs().sum() == 0 and uncond.beat.abs().sum() == 0
     with_clock = clocked.generate("a jig at 150 BPM", duration=1.0, seed=0, steps=3).samples
     with torch.no_grad():
         dit.beat_proj.weight.zero_()
     assert not torch.equal(with_clock, clocked.generate("a jig at 150 BPM", duration=1.0, seed=0, steps=3).samples)
-    assert "beat" not in generator.conditioning(["a jig at 150 BPM"], 1.0)[0]  # a model without a clock gets none
+    assert generator.conditioning(["a jig at 150 BPM"], 1.0)[0].beat is None  # a model without a clock gets none
 
 
 def test_a_key_input_model_gets_the_prompted_key(generator):
@@ -180,11 +180,11 @@ def test_a_key_input_model_gets_the_prompted_key(generator):
 
     _, keyed = _as_if_trained(generator, "key_proj", key_input=True)
     cond, uncond = keyed.conditioning(["a hymn in B-flat minor", "a hymn"], 1.0)
-    torch.testing.assert_close(cond["key"][0], key_vector(10, "minor"))
-    assert cond["key"][1].abs().sum() == 0 and uncond["key"].abs().sum() == 0
+    torch.testing.assert_close(cond.key[0], key_vector(10, "minor"))
+    assert cond.key[1].abs().sum() == 0 and uncond.key.abs().sum() == 0
     minor = keyed.generate("a hymn in B-flat minor", duration=1.0, seed=0, steps=3).samples
     assert not torch.equal(minor, keyed.generate("a hymn in B-flat major", duration=1.0, seed=0, steps=3).samples)
-    assert "key" not in generator.conditioning(["a hymn in B-flat minor"], 1.0)[0]
+    assert generator.conditioning(["a hymn in B-flat minor"], 1.0)[0].key is None
 
 
 def test_train_cli_runs_and_exports(tmp_path, capsys):
