@@ -215,5 +215,5 @@ def test_melody_end_to_end_through_the_cli(tmp_path, capsys):
     status = main(["generate", "a tune", "--model", str(plain_dir), "--melody", str(tmp_path / "a.wav"),
                    "--duration", "0.4", "-o", str(tmp_path / "never.wav"), "--no-progress"])
     err = capsys.readouterr().err
-    assert status == 2 and "not melody-conditioned" in err and err.count("\n") == 1
+    assert status == 2 and "takes no melody" in err and err.count("\n") == 1
     assert not (tmp_path / "never.wav").exists()

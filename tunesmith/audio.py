@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -28,6 +29,15 @@ class Audio:
     samples: torch.Tensor
     sample_rate: int
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, torch.Tensor):
+            raise AudioError(f"Audio.samples must be a torch.Tensor, got {type(self.samples).__name__}")
+        if self.samples.dim() not in (2, 3):
+            raise AudioError(f"Audio.samples must be (C, T) or (B, C, T), got shape {tuple(self.samples.shape)}")
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, (int, np.integer)) or self.sample_rate <= 0:
+            raise AudioError(f"Audio.sample_rate must be a positive integer (Hz), got {self.sample_rate!r}")
+        self.sample_rate = int(self.sample_rate)
+
     @property
     def duration(self) -> float:
         return self.samples.shape[-1] / self.sample_rate
@@ -39,13 +49,20 @@ def load_audio(
     channels: int | None = None,
     *,
     allow_silent: bool = False,
+    max_seconds: float | None = None,
 ) -> Audio:
-    """Read an audio file as float32 (C, T), optionally resampled and mixed to ``channels``."""
+    """Read an audio file as float32 (C, T), optionally resampled and mixed to ``channels``.
+
+    ``max_seconds`` reads only the start of the file, so a 2-hour file costs what is used.
+    """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        frames = -1
+        if max_seconds is not None:
+            frames = max(1, math.ceil(max_seconds * sf.info(str(path)).samplerate))
+        data, sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types for bad files
         raise AudioError(f"cannot read audio file {path}: {err}") from None
     if data.shape[0] == 0:
@@ -70,20 +87,42 @@ def check_audio(wav: torch.Tensor, name: str = "audio", *, allow_silent: bool = 
         raise AudioError(f"{name} is silent")
 
 
-def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int, *, format: str | None = None) -> Path:
-    """Write (C, T) audio atomically (whole file or none, mode from the umask); the format follows the suffix."""
-    path = Path(path)
+FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
+           "mp3": ("MP3", "MPEG_LAYER_III")}  # name -> soundfile's format and subtype
+
+
+def write_audio(target: str | Path | BinaryIO, wav: torch.Tensor, sample_rate: int, format: str) -> None:
+    """Write (C, T) audio to a path or a binary stream, refusing what is not audio.
+
+    NaN or infinite samples are an error, never a file: written as PCM they become
+    full-scale DC, a file that looks fine and is not.
+    """
     if wav.dim() == 3:
         if wav.shape[0] != 1:
-            raise ValueError("save_audio takes one clip (C, T); got a batch")
+            raise ValueError("write_audio takes one clip (C, T); got a batch")
         wav = wav[0]
     if wav.dim() == 1:
         wav = wav[None]
-    fmt = (format or path.suffix.lstrip(".") or "wav").upper()
+    if not torch.isfinite(wav).all():
+        raise AudioError("the audio to write contains NaN or infinite samples (a broken model or input); nothing written")
+    if format not in FORMATS:
+        raise AudioError(f"unknown audio format '{format}' (known: {', '.join(FORMATS)})")
+    kind, subtype = FORMATS[format]
     data = wav.detach().cpu().float().clamp(-1, 1).numpy().T
-    subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
+    try:
+        sf.write(target, data, sample_rate, format=kind, subtype=subtype)
+    except (sf.LibsndfileError, RuntimeError) as err:  # a full disk is "System error" here
+        raise OSError(f"cannot write audio to {getattr(target, 'name', target)}: {err}") from None
+
+
+def save_audio(path: str | Path, wav: torch.Tensor, sample_rate: int, *, format: str | None = None) -> Path:
+    """Write (C, T) audio atomically (whole file or none, mode from the umask); the format follows the suffix."""
+    path = Path(path)
+    fmt = (format or path.suffix.lstrip(".") or "wav").lower()
+    if not torch.isfinite(wav).all():  # before any file is made
+        raise AudioError(f"the audio for {path} contains NaN or infinite samples (a broken model or input); nothing written")
     with atomic_path(path) as tmp:
-        sf.write(tmp, data, sample_rate, format=fmt, subtype=subtype)
+        write_audio(tmp, wav, sample_rate, fmt)
     return path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -72,7 +73,10 @@ def model_types() -> list[str]:
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Save tensors with safetensors (contiguous CPU copies; shared storage is fine)."""
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    save_file(flat, str(path), metadata=metadata)
+    try:
+        save_file(flat, str(path), metadata=metadata)
+    except SafetensorError as err:  # a full disk arrives as "os error 28"
+        raise OSError(f"cannot write {path}: {err}") from None
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -135,26 +139,47 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
 
 
-def resolve(name_or_path: str | Path) -> Path:
-    """Find a model directory: local path, bundled name, or Hugging Face repo id."""
+DOWNLOADS_ENV = "TUNESMITH_ALLOW_DOWNLOADS"
+
+
+def downloads_allowed() -> bool:
+    """Fetching from the Hugging Face Hub needs the user's explicit consent (this variable = 1):
+    a model name can come from a file someone else wrote."""
+    return os.environ.get(DOWNLOADS_ENV, "") == "1" and os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true")
+
+
+def resolve(name_or_path: str | Path, *, allow_download: bool | None = None) -> Path:
+    """Find a model directory: a local path, a bundled name, or (with consent: ``allow_download``,
+    default :func:`downloads_allowed`) a Hugging Face repo id."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise CheckpointError(f"a model is named by a string or a path, got {type(name_or_path).__name__}")
+    text = str(name_or_path)
+    if not text.strip():
+        raise CheckpointError("no model named (an empty name)")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    text = str(name_or_path)
-    if (BUNDLED_DIR / text / CONFIG_FILE).is_file():
+    if path.exists():
+        raise CheckpointError(f"{text} is not a model directory (it is a file)")
+    if (BUNDLED_DIR / text / CONFIG_FILE).is_file() and "/" not in text and "\\" not in text:
         return BUNDLED_DIR / text
-    if text.count("/") == 1 and not path.exists() and not text.startswith((".", "/")):
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            snapshot_download = None
-        if snapshot_download is not None:
-            try:
-                return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*/*"]))
-            except Exception as err:  # network or not-found: report, don't crash
-                raise CheckpointError(f"could not fetch '{text}' from the Hugging Face Hub: {err}") from None
     known = ", ".join(bundled_models()) or "none"
-    raise CheckpointError(f"unknown model '{text}': not a directory and not a bundled model (bundled: {known})")
+    looks_like_repo = text.count("/") == 1 and not text.startswith((".", "/", "~")) and " " not in text
+    if not looks_like_repo:
+        if "/" in text or text.startswith((".", "~")):
+            raise CheckpointError(f"no such model directory: {text}")
+        raise CheckpointError(f"unknown model '{text}': not a directory and not a bundled model (bundled: {known})")
+    if not (downloads_allowed() if allow_download is None else allow_download):
+        raise CheckpointError(f"unknown model '{text}': no such directory and not a bundled model (bundled: {known}); "
+                              f"to fetch the Hugging Face repo '{text}', set {DOWNLOADS_ENV}=1")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"fetching '{text}' needs huggingface_hub (pip install huggingface_hub)") from None
+    try:
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*/*"]))
+    except Exception as err:  # network or not-found: report, don't crash
+        raise CheckpointError(f"could not fetch '{text}' from the Hugging Face Hub: {str(err)[:200]}") from None
 
 
 def read_directory_meta(directory: str | Path) -> dict[str, Any]:
@@ -205,8 +230,19 @@ def load_model(name_or_path: str | Path, map_location: str | torch.device = "cpu
             f"{directory}: weights do not match the config (missing: {missing[:3]}, "
             f"unexpected: {unexpected[:3]}, wrong shape: {wrong_shape[:3]})"
         )
+    check_weights(state, expected, directory)
     model.load_state_dict(state)
     return model.to(map_location).eval()
+
+
+def check_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Refuse weights a model must not run with: integers where it has floats (they would be cast
+    silently) and NaN or infinite values (they make NaN audio, or full-scale noise)."""
+    for name, tensor in state.items():
+        if expected[name].is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"{where}: weight '{name}' is {tensor.dtype}, the model needs floating point")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: weight '{name}' contains NaN or infinite values (a corrupt file?)")
 
 
 def init_from(model: torch.nn.Module, source: str | Path) -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -42,23 +43,67 @@ from tunesmith.errors import CheckpointError
 
 CODEC_DIR = "codec"
 MAX_PROMPT_CHARS = 2000
+MAX_DURATION = 3600.0  # seconds; whatever a model's config claims (a hostile one may say 1e9)
 
 
 def check_request(prompts: str | list[str], duration: float, max_duration: float) -> list[str]:
-    """Validate a generation request; returns the prompts as a list."""
-    items = [prompts] if isinstance(prompts, str) else list(prompts)
+    """Validate a generation request, naming the parameter at fault; returns the prompts as a list."""
+    if isinstance(prompts, str):
+        items = [prompts]
+    elif isinstance(prompts, (list, tuple)):
+        items = list(prompts)
+    else:
+        raise ValueError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     if not items:
         raise ValueError("no prompt given")
-    for p in items:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError("prompt is empty")
+    for i, p in enumerate(items):
+        where = "prompt" if isinstance(prompts, str) else f"prompts[{i}]"
+        if not isinstance(p, str):
+            raise ValueError(f"{where} must be a string, got {type(p).__name__}")
+        if not p.strip():
+            raise ValueError("prompt is empty" if isinstance(prompts, str) else f"{where} is empty")
         if len(p) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt is too long ({len(p)} characters; the limit is {MAX_PROMPT_CHARS})")
-    if not (duration > 0):
+            raise ValueError(f"{where} is too long ({len(p)} characters; the limit is {MAX_PROMPT_CHARS})")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes from argv arrive as lone surrogates
+            raise ValueError(f"{where} is not valid text (undecodable bytes; use UTF-8)") from None
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)):
+        raise ValueError(f"duration must be a number of seconds, got {type(duration).__name__}")
+    if not (duration > 0) or not math.isfinite(duration):
         raise ValueError(f"duration must be > 0 seconds, got {duration}")
     if duration > max_duration:
         raise ValueError(f"duration {duration:g} s is beyond this model's limit of {max_duration:g} s")
     return items
+
+
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {type(seed).__name__}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+@dataclass(frozen=True)
+class Control:
+    """A generation control: the types its value may have and, for numbers, its range."""
+
+    types: type | tuple[type, ...]
+    low: float | None = None
+    high: float | None = None
+
+    def check(self, name: str, value: Any) -> None:
+        numeric = self.low is not None or self.high is not None
+        if (numeric and isinstance(value, bool)) or not isinstance(value, self.types):
+            kinds = self.types if isinstance(self.types, tuple) else (self.types,)
+            raise ValueError(f"control '{name}' must be {' or '.join(k.__name__ for k in kinds)}, "
+                             f"got {type(value).__name__} ({str(value)[:40]})")
+        if numeric:
+            if not math.isfinite(value):
+                raise ValueError(f"control '{name}' must be a finite number, got {value}")
+            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                raise ValueError(f"control '{name}' must be in [{self.low:g}, {self.high:g}], got {value}")
 
 
 def codec_sample_rate(codec: Any) -> int:
@@ -90,7 +135,7 @@ class Generator:
     """
 
     generator_type: ClassVar[str] = ""
-    CONTROLS: ClassVar[dict[str, type | tuple[type, ...]]] = {}
+    CONTROLS: ClassVar[dict[str, Control]] = {}
     network: torch.nn.Module
 
     def __init__(self, network: torch.nn.Module, codec: Any, *, max_duration: float, cfg: float) -> None:
@@ -98,7 +143,7 @@ class Generator:
         self.codec = codec.eval() if hasattr(codec, "eval") else codec
         self.sample_rate = codec_sample_rate(codec)
         self.channels = codec_channels(codec)
-        self.max_duration = float(max_duration)
+        self.max_duration = min(float(max_duration), MAX_DURATION)
         self.cfg = float(cfg)  # the guidance scale when a call gives none: each model stores its own
 
     @property
@@ -112,16 +157,21 @@ class Generator:
 
     # -- checks ------------------------------------------------------------------
 
+    def accepts(self, control: str) -> bool:
+        """Whether this model takes ``control`` (a family's model may lack an input, e.g. melody)."""
+        return control in self.CONTROLS
+
     def check_controls(self, controls: dict[str, Any]) -> None:
-        """Refuse controls this family does not take, and values of the wrong type, by name."""
+        """Refuse controls this model does not take, and values of the wrong type or range, by name,
+        before any work (and before any input file is read)."""
         family = self.generator_type or type(self).__name__
         unknown = sorted(set(controls) - set(self.CONTROLS))
         if unknown:
             raise ValueError(f"unknown controls for {family}: {', '.join(unknown)} "
                              f"(it takes: {', '.join(sorted(self.CONTROLS)) or 'none'})")
         for name, value in controls.items():
-            if value is not None and not isinstance(value, self.CONTROLS[name]):
-                raise ValueError(f"control '{name}' has the wrong type: {type(value).__name__}")
+            if value is not None:
+                self.CONTROLS[name].check(name, value)
 
     # -- audio in, audio out -----------------------------------------------------
 

@@ -9,9 +9,12 @@ disk, undecodable text) prints one line on stderr and exits with status 2, no tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Callable, Iterator, Sequence
 
 from tunesmith import __version__
 from tunesmith.errors import UserError
@@ -29,6 +32,28 @@ VERBS: dict[str, tuple[str, str]] = {
 # Errors that are the user's to fix, shown as one line.  OSError covers missing and
 # unreadable files, permissions and a full disk; UnicodeError undecodable input.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError, UnicodeError)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that every ``finally`` runs (temp files go)."""
+
+
+@contextlib.contextmanager
+def _exit_cleanly_on_sigterm() -> Iterator[None]:
+    """A plain SIGTERM kills Python without unwinding; inside this block it unwinds instead
+    (main thread only; the training engine installs its own handler, which saves a checkpoint)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser(load_verbs: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -55,6 +80,7 @@ def error_line(verb: str | None, err: BaseException) -> str:
     else:
         message = str(err) or type(err).__name__
     message = " ".join(message.split())  # one line, whatever the message held
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # printable, whatever the input held
     if len(message) > 500:
         message = message[:497] + "..."
     return f"tunesmith{' ' + verb if verb else ''}: error: {message}"
@@ -69,10 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv else 2
     try:
-        return int(args.func(args) or 0)
+        with _exit_cleanly_on_sigterm():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("tunesmith: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("tunesmith: terminated", file=sys.stderr)
+        return 143
     except USER_ERRORS as err:
         print(error_line(args.verb, err), file=sys.stderr)
         return 2

@@ -146,7 +146,12 @@ def _decode(args: argparse.Namespace) -> int:
     from tunesmith.errors import UserError
 
     fields = read_npz(args.input)
-    codec = _load(args.model or str(fields["model"]) if "model" in fields else args.model or DEFAULT_MODEL)
+    if args.model:
+        codec = _load(args.model)
+    else:  # a name read from the file is never fetched from the network: it may come from anyone
+        from tunesmith.checkpoint import resolve
+
+        codec = _load(str(resolve(str(fields["model"]) if "model" in fields else DEFAULT_MODEL, allow_download=False)))
     if int(fields.get("sample_rate", codec.sample_rate)) != codec.sample_rate:
         raise UserError(f"{args.input} was encoded at {int(fields['sample_rate'])} Hz, the codec runs at {codec.sample_rate} Hz")
     try:

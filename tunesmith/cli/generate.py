@@ -1,16 +1,22 @@
 """`tunesmith generate`: text (and a melody) in, an audio file out.
 
-Everything is checked before any work starts (prompt, duration, model, melody file,
-output path), so a bad request costs nothing and leaves no partial file.  Each
-output gets a sidecar JSON with the prompt, seed, model and settings, so any
-result can be reproduced.
+Everything is checked before any work starts (prompt, duration, model, controls,
+output path; the melody file only once the model is known to take one), so a bad
+request costs nothing and leaves no partial file.  Each output gets a sidecar JSON
+with the prompt, seed, model and settings, so any result can be reproduced.
+
+An output and its sidecar are written as a pair: both to temp files beside the
+targets, then renamed together under a lock on the folder, so a reader never finds
+one run's audio beside another's sidecar, and the previous files survive any failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,8 @@ from typing import Any
 from tunesmith import DEFAULT_GENERATOR
 from tunesmith.errors import UserError
 
-FORMATS = ("wav", "flac")
+FORMATS = ("wav", "flac", "ogg", "mp3")
+STDOUT = "-"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", nargs="?", help="what the music should be, e.g. 'a lively jig for fiddle, 120 BPM'")
     p.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line (batch mode)")
     p.add_argument("-o", "--output", metavar="PATH",
-                   help="output file (one prompt) or directory (--prompts); default: output.<format> / outputs/")
+                   help="output file (one prompt; '-' for stdout) or directory (--prompts); default: output.<format> / outputs/")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same audio")
     p.add_argument("--model", default=DEFAULT_GENERATOR, help=f"bundled name or model directory (default {DEFAULT_GENERATOR})")
@@ -36,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (token-LM models)")
     p.add_argument("--top-k", type=int, default=None, help="top-k sampling (token-LM models)")
-    p.add_argument("--format", choices=FORMATS, default=None, help="audio format (default: from the suffix, else wav)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="audio format (default: from the file name's suffix, else wav)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -62,29 +69,61 @@ def _check_writable(path: Path) -> None:
         raise UserError(f"cannot write {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write {path}: directory {parent} is not writable")
-    if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a directory")
+    for target in (path, sidecar_path(path)):
+        if target.is_dir():
+            raise UserError(f"cannot write {target}: it is a directory")
+        if target.exists() and not target.is_file():
+            raise UserError(f"cannot write {target}: it exists and is not a regular file")
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    if len(os.fsencode(sidecar_path(path).name)) > name_max:
+        raise UserError(f"cannot write {path}: the file name is too long (with '.json' for the sidecar, "
+                        f"over {name_max} bytes)")
 
 
-def plan_outputs(args: argparse.Namespace, prompts: list[str]) -> tuple[list[Path], str]:
-    """Output paths (one per prompt) and the audio format."""
-    fmt = args.format
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def output_format(path: Path, requested: str | None) -> tuple[Path, str]:
+    """The file and format for ``-o PATH [--format F]``: the suffix names the format; a name
+    with no suffix gets one; a suffix that is not an audio format, or that contradicts
+    ``--format``, is refused rather than silently changed."""
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix in FORMATS:
+        if requested and requested != suffix:
+            raise UserError(f"--format {requested} contradicts the output name {path} (a .{suffix} file)")
+        return path, suffix
+    if suffix:
+        raise UserError(f"cannot tell the audio format of '{path.name}': name it .wav, .flac, .ogg or .mp3, "
+                        "or drop the suffix and give --format")
+    fmt = requested or "wav"
+    return path.with_name(f"{path.name}.{fmt}"), fmt
+
+
+def plan_outputs(args: argparse.Namespace, prompts: list[str]) -> tuple[list[Path | None], str]:
+    """Output paths (one per prompt; None = stdout) and the audio format."""
     if args.prompts:
+        if args.output == STDOUT:
+            raise UserError("-o - (stdout) takes one prompt, not --prompts")
         out_dir = Path(args.output or "outputs")
         if out_dir.exists() and not out_dir.is_dir():
             raise UserError(f"--output {out_dir} must be a directory with --prompts")
         out_dir.mkdir(parents=True, exist_ok=True)
-        fmt = fmt or "wav"
-        paths = [out_dir / f"{i:03d}_{_slug(p)}.{fmt}" for i, p in enumerate(prompts)]
+        fmt = args.format or "wav"
+        paths: list[Path | None] = [out_dir / f"{i:03d}_{_slug(p)}.{fmt}" for i, p in enumerate(prompts)]
+    elif args.output == STDOUT:
+        return [None], args.format or "wav"
     else:
-        path = Path(args.output or f"output.{fmt or 'wav'}")
-        suffix = path.suffix.lstrip(".").lower()
-        if fmt is None:
-            fmt = suffix if suffix in FORMATS else "wav"
-        if suffix != fmt:
-            path = path.with_name(path.name + f".{fmt}") if suffix not in FORMATS else path.with_suffix(f".{fmt}")
+        given = Path(args.output or f"output.{args.format or 'wav'}")
+        if given.exists() and not given.is_file() and not given.is_dir():
+            raise UserError(f"cannot write {given}: it exists and is not a regular file")
+        path, fmt = output_format(given, args.format)
         paths = [path]
     for path in paths:
+        assert path is not None
         _check_writable(path)
     return paths, fmt
 
@@ -95,9 +134,7 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunesmith.audio import load_audio, save_audio
-    from tunesmith.files import atomic_write_text
-    from tunesmith.generator import check_request, load_generator
+    from tunesmith.generator import check_request, check_seed, load_generator
 
     if args.prompt and args.prompts:
         raise UserError("give a prompt or --prompts FILE, not both")
@@ -106,28 +143,33 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("prompt is empty")
         raise UserError("no prompt given (tunesmith generate \"PROMPT\" or --prompts FILE)")
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
-    if not (args.duration > 0):
+    if not (args.duration > 0) or args.duration == float("inf"):
         raise UserError(f"--duration must be > 0 seconds, got {args.duration:g}")
     paths, fmt = plan_outputs(args, prompts)
     generator = load_generator(args.model)
+    controls: dict[str, Any] = {name: getattr(args, name) for name in ("cfg", "steps", "temperature", "top_k")
+                                if getattr(args, name) is not None}
     try:
         check_request(prompts, args.duration, generator.max_duration)
+        check_seed(args.seed)
+        if args.melody and not generator.accepts("melody"):
+            raise UserError(f"the model '{args.model}' takes no melody (--melody needs a melody-conditioned "
+                            "token LM); nothing was read or written")
+        generator.check_controls({**controls, **({"melody": args.melody} if args.melody else {})})
     except ValueError as err:
         raise UserError(str(err)) from None
-    controls: dict[str, Any] = {}
-    if args.melody:
-        controls["melody"] = load_audio(args.melody, sample_rate=generator.sample_rate, channels=1)
-    for name in ("cfg", "steps", "temperature", "top_k"):
-        value = getattr(args, name)
-        if value is not None:
-            controls[name] = value
+    if args.melody:  # only what the output needs of it: a 2-hour file costs seconds, not gigabytes
+        from tunesmith.audio import load_audio
+
+        controls["melody"] = load_audio(args.melody, sample_rate=generator.sample_rate, channels=1,
+                                        max_seconds=args.duration)
 
     for i, (prompt, path) in enumerate(zip(prompts, paths)):
         start = time.perf_counter()
         try:
             audio = generator.generate([prompt], args.duration, seed=args.seed + i,
                                        progress=not args.no_progress, **controls)
-        except ValueError as err:  # a control this model does not take (e.g. --melody on a text-only model)
+        except ValueError as err:
             raise UserError(str(err)) from None
         seconds = time.perf_counter() - start
         sidecar = {
@@ -136,15 +178,32 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "duration": args.duration,
             "sample_rate": audio.sample_rate,
+            "format": fmt,
             "melody": args.melody,
             "controls": {k: v for k, v in controls.items() if k != "melody"},
             "generation_seconds": round(seconds, 3),
         }
-        save_audio(path, audio.samples[0], audio.sample_rate, format=fmt)  # atomic: whole file or none
-        try:
-            atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(sidecar, indent=2) + "\n")
-        except BaseException:
-            path.unlink(missing_ok=True)  # never leave audio that cannot be reproduced
-            raise
-        print(f"{path}  ({args.duration:g} s of audio in {seconds:.1f} s)")
+        write_output(path, audio.samples[0], audio.sample_rate, fmt, sidecar)
+        where = "stdout" if path is None else str(path)
+        print(f"{where}  ({args.duration:g} s of audio in {seconds:.1f} s)", file=sys.stderr if path is None else sys.stdout)
     return 0
+
+
+def write_output(path: Path | None, samples: Any, sample_rate: int, fmt: str, sidecar: dict[str, Any]) -> None:
+    """The audio and its sidecar as a pair (see the module docstring); to stdout for ``-o -``
+    (the sidecar then goes to stderr as one JSON line)."""
+    from tunesmith.audio import write_audio
+    from tunesmith.files import atomic_group, remove_stale_temps
+
+    if path is None:
+        buffer = io.BytesIO()  # whole, so that a failure writes nothing to the pipe
+        write_audio(buffer, samples, sample_rate, fmt)
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
+        print(json.dumps(sidecar, ensure_ascii=True), file=sys.stderr)
+        return
+    remove_stale_temps(path)
+    remove_stale_temps(sidecar_path(path))
+    with atomic_group(sidecar_path(path), path) as (sidecar_tmp, audio_tmp):
+        write_audio(audio_tmp, samples, sample_rate, fmt)
+        sidecar_tmp.write_text(json.dumps(sidecar, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")

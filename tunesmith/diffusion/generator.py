@@ -28,7 +28,7 @@ from tunesmith.diffusion.dit import DiT
 from tunesmith.diffusion.guidance import cfg_denoiser
 from tunesmith.diffusion.inpaint import keep_known, sample_repaint, strength_to_sigma
 from tunesmith.diffusion.samplers import get_sigmas, sample
-from tunesmith.generator import Generator, check_request, frames_for
+from tunesmith.generator import Control, Generator, check_request, check_seed, frames_for
 
 
 class LatentCodec(Protocol):
@@ -53,10 +53,12 @@ class LatentDiffusionGenerator(Generator):
     """Text (+ reference audio) -> latents by a sampler over the DiT -> audio by the VAE."""
 
     generator_type = "latent-diffusion"
-    CONTROLS = {"steps": int, "sampler": str, "schedule": str, "sigma_min": (int, float), "sigma_max": (int, float),
-                "cfg": (int, float), "cfg_rescale": (int, float), "cfg_interval": (tuple, list),
-                "strength": (int, float), "repaint_resample": int, "init_audio": (Audio, str, Path),
-                "mask": (list, tuple, torch.Tensor), "unconditional": bool}
+    CONTROLS = {"steps": Control(int, 1, 1000), "sampler": Control(str), "schedule": Control(str),
+                "sigma_min": Control((int, float), 1e-6, 1e4), "sigma_max": Control((int, float), 1e-6, 1e4),
+                "cfg": Control((int, float), 0, 100), "cfg_rescale": Control((int, float), 0, 1),
+                "cfg_interval": Control((tuple, list)), "strength": Control((int, float), 0, 1),
+                "repaint_resample": Control(int, 1, 100), "init_audio": Control((Audio, str, Path)),
+                "mask": Control((list, tuple, torch.Tensor)), "unconditional": Control(bool)}
 
     def __init__(self, model: DiT, codec: LatentCodec, text_encoder: Any = None, *, text_encoder_name: str = "minilm",
                  latent_scale: float = 1.0, cfg: float = 4.0) -> None:
@@ -181,6 +183,7 @@ class LatentDiffusionGenerator(Generator):
         the prompt by the null condition (timing stays), for baselines.
         """
         self.check_controls(controls)
+        seed = check_seed(seed)
         init_audio, mask = controls.pop("init_audio", None), controls.pop("mask", None)
         unconditional = bool(controls.pop("unconditional", False))
         items = check_request(prompts, duration, self.max_duration)
@@ -217,9 +220,13 @@ class LatentDiffusionGenerator(Generator):
                 flags = torch.zeros(frames).index_add_(0, idx, flags.float()) > 0
             keep[flags] = 0
         else:
-            for start, end in regenerate:
-                if not (0 <= start < end):
-                    raise ValueError(f"mask region ({start}, {end}) must satisfy 0 <= start < end (seconds)")
+            for region in regenerate:
+                if not (isinstance(region, (tuple, list)) and len(region) == 2
+                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in region)):
+                    raise ValueError(f"mask regions must be (start, end) pairs of seconds, got {str(region)[:60]}")
+                start, end = region
+                if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+                    raise ValueError(f"mask region ({start}, {end}) must satisfy 0 <= start < end, both finite (seconds)")
                 keep[int(start * self.frame_rate) : math.ceil(end * self.frame_rate)] = 0
         return keep[None, None]
 

@@ -21,7 +21,7 @@ from tunesmith.conditioning.conditions import Conditioning, from_prompts
 from tunesmith.conditioning.melody import dominant_chroma
 from tunesmith.conditioning.encoders import get_text_encoder
 from tunesmith.conditioning.text import TextEncoder
-from tunesmith.generator import Generator, as_audio, check_request, frames_for
+from tunesmith.generator import Control, Generator, as_audio, check_request, check_seed, frames_for
 from tunesmith.lm.decode import generate_tokens
 from tunesmith.lm.int8 import quantize_int8
 from tunesmith.lm.model import TokenLM
@@ -57,9 +57,10 @@ class TokenLMGenerator(Generator):
     """Text -> tokens (the LM) -> audio (the codec's decoder)."""
 
     generator_type = "token-lm"
-    CONTROLS = {"cfg": (int, float), "temperature": (int, float), "top_k": int, "top_p": (int, float),
-                "melody": (Audio, str, Path), "prompt_audio": (Audio, str, Path), "unconditional": bool,
-                "unguided": (tuple, list)}
+    CONTROLS = {"cfg": Control((int, float), 0, 100), "temperature": Control((int, float), 0, 100),
+                "top_k": Control(int, 0, 1 << 20), "top_p": Control((int, float), 0, 1),
+                "melody": Control((Audio, str, Path)), "prompt_audio": Control((Audio, str, Path)),
+                "unconditional": Control(bool), "unguided": Control((tuple, list))}
 
     def __init__(
         self,
@@ -87,6 +88,9 @@ class TokenLMGenerator(Generator):
         self.frame_rate = lm.config.frame_rate
         self.unguided = tuple(unguided)  # conditions guidance leaves unscaled (kept in the unconditional rows)
         Conditioning().null(keep=self.unguided)  # an unknown name: an error now, not at the first generate
+
+    def accepts(self, control: str) -> bool:
+        return self.lm.config.melody if control == "melody" else super().accepts(control)
 
     def conditioning(self, prompts: list[str], num_frames: int, melody: Any = None) -> Conditioning:
         """The prompts' conditioning as this LM takes it; for a melody model, the reference's
@@ -129,6 +133,7 @@ class TokenLMGenerator(Generator):
         guidance leaves unscaled (see :func:`tunesmith.lm.decode.decode_window`)."""
         self.check_controls(controls)
         items = check_request(prompts, duration, self.max_duration)
+        seed = check_seed(seed)
         num_frames = frames_for(duration, self.frame_rate)
         cond = self.conditioning(items, num_frames, controls.get("melody"))
         cfg = self.cfg if controls.get("cfg") is None else float(controls["cfg"])
