@@ -9,8 +9,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from types import ModuleType
+
+from tunesmith.errors import UserError
+
+
+def _needs_extra(module: str) -> ModuleType:
+    """Import a data module whose packages come with the ``[data]`` extra; say how to get them."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        missing = err.name or "a package"
+        raise UserError(f"this command needs {missing}, part of the data extra: pip install 'tunesmith[data]'") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,9 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from tunesmith.errors import UserError
-    from tunesmith.data.corpus import BuildOptions, build_corpus
-
+    corpus = _needs_extra("tunesmith.data.corpus")
+    BuildOptions, build_corpus = corpus.BuildOptions, corpus.build_corpus
+    if "music21" in args.sources:
+        _needs_extra("music21")
     try:
         options = BuildOptions(out=args.out, hours=args.hours, seed=args.seed, sample_rate=args.sample_rate,
                                channels=args.channels, min_clip=args.min_clip, max_clip=args.max_clip,

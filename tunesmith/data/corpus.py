@@ -9,13 +9,12 @@ marks a complete build.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import multiprocessing as mp
-import re
-from collections import deque
-from dataclasses import asdict, dataclass, field
+import os
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -24,21 +23,21 @@ import torch
 from tqdm import tqdm
 
 from tunesmith.audio import normalize_loudness, rms_db, save_audio
+from tunesmith.errors import UserError
 from tunesmith.files import atomic_write_text
 from tunesmith.data.arrange import arrange
 from tunesmith.data.captions import caption
 from tunesmith.data.card import write_card
 from tunesmith.data.clips import clip_tags, plan_clips
-from tunesmith.data.manifest import write_manifest
+from tunesmith.data.manifest import slug, split_of, stable_hash, write_manifest
 from tunesmith.data.midi import clip_midi
-from tunesmith.data.render import render
+from tunesmith.data.render import RenderError, render
 from tunesmith.data.score import Piece, ScoreError, parse_work
 from tunesmith.data.soundfont import find_soundfont
 from tunesmith.data.sources import (COLLECTION_LABELS, WorkRef, folder_metadata, folder_works, music21_works,
                                     read_metadata)
 
 MAX_RENDERS_PER_WORK = 50  # a build stops after this many passes over the sources
-SPLIT_FRACTIONS = (("train", 0.9), ("valid", 0.05), ("test", 0.05))
 TARGET_DB = -20.0
 
 
@@ -76,32 +75,12 @@ class BuildOptions:
             raise ValueError("--workers must be at least 1")
 
 
-def stable_hash(text: str) -> int:
-    """A 64-bit hash of ``text`` that is the same in every process and Python version."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-
-
-def split_of(work_id: str) -> str:
-    """train/valid/test by a hash of the work id: a work (all its renders) sits in one split only."""
-    u = stable_hash("split:" + work_id) / 2**64
-    total = 0.0
-    for name, fraction in SPLIT_FRACTIONS:
-        total += fraction
-        if u < total:
-            return name
-    return SPLIT_FRACTIONS[-1][0]
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
-
-
-def list_works(options: BuildOptions) -> list[WorkRef]:
-    """All works of the requested sources, sorted by id.
+def list_works(options: BuildOptions, skipped: list[dict[str, str]] | None = None) -> list[WorkRef]:
+    """All works of the requested sources, sorted by id; every work has its own id.
 
     A folder's metadata table (``--metadata``, or a ``metadata.csv``/``.jsonl`` inside it)
     names titles and composers; an explicit table, ``--min-rating`` or ``--require-tag``
-    also select which works are used.
+    also select which works are used.  Files left out while listing go to ``skipped``.
     """
     filtering = options.min_rating is not None or bool(options.require_tags)
     works: list[WorkRef] = []
@@ -111,10 +90,24 @@ def list_works(options: BuildOptions) -> list[WorkRef]:
             continue
         table = options.metadata or folder_metadata(source)
         metadata = read_metadata(table, options.min_rating, tuple(options.require_tags)) if table else None
-        works += folder_works(source, metadata, only_listed=bool(options.metadata) or filtering)
+        works += folder_works(source, metadata, only_listed=bool(options.metadata) or filtering, skipped=skipped)
     if not works:
         raise FileNotFoundError(f"no score files found in sources {options.sources}")
-    return sorted({w.id: w for w in works}.values(), key=lambda w: w.id)
+    return sorted(_distinct_ids(works), key=lambda w: w.id)
+
+
+def _distinct_ids(works: list[WorkRef]) -> list[WorkRef]:
+    """One ref per (file, tune); ids that would name the same clip files get a hash of their file.
+
+    Two source folders of the same name, or ``a b.mid`` beside ``a-b.mid``, would otherwise
+    share an id, and all but one of them would silently vanish from the build.
+    """
+    unique: dict[tuple[str, int | None], WorkRef] = {}
+    for w in works:
+        unique.setdefault((os.path.realpath(w.path), w.number), w)  # a source listed twice
+    counts = Counter(slug(w.id).casefold() for w in unique.values())
+    return [w if counts[slug(w.id).casefold()] == 1 else replace(w, id=f"{w.id}~{stable_hash(path) % 16**8:08x}")
+            for (path, _), w in unique.items()]
 
 
 def plan_units(works: list[WorkRef], seed: int) -> Iterator[tuple[WorkRef, int]]:
@@ -183,8 +176,8 @@ def process_unit(work: WorkRef, render_index: int, options: BuildOptions, soundf
             return result
     try:
         piece = load_piece(out, work)
-    except ScoreError as err:
-        result = {"work": work.id, "render": render_index, "skipped": str(err)}
+    except ScoreError as err:  # the same for every render: the driver lists it once and renders it no more
+        result = {"work": work.id, "render": render_index, "skipped": str(err), "unusable": True}
         atomic_write_text(unit_file, json.dumps(result))
         return result
     rng = np.random.default_rng([options.seed, stable_hash(work.id) % 2**63, render_index])
@@ -228,6 +221,8 @@ def _run_unit(job: tuple[WorkRef, int]) -> dict[str, Any]:
     assert _OPTIONS is not None
     try:
         return process_unit(job[0], job[1], _OPTIONS, _SOUNDFONT)
+    except (RenderError, OSError) as err:  # no FluidSynth, a bad SoundFont, a full disk: every unit would fail
+        return {"work": job[0].id, "render": job[1], "fatal": str(err)}
     except Exception as err:  # a bad work must not stop the build; it is logged and counted
         return {"work": job[0].id, "render": job[1], "skipped": f"{type(err).__name__}: {err}"}
 
@@ -263,16 +258,27 @@ def build_corpus(options: BuildOptions, progress: bool = True) -> dict[str, Any]
     (out / "units").mkdir(parents=True, exist_ok=True)
     soundfont = str(find_soundfont(options.soundfont))
     (out / "READY").unlink(missing_ok=True)
-    works = list_works(options)
+    listing_skips: list[dict[str, str]] = []
+    works = list_works(options, listing_skips)
     target = options.hours * 3600.0
     records: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = [{"work": s["file"], "render": None, "reason": s["reason"]} for s in listing_skips]
     total = 0.0
-    units = itertools.islice(plan_units(works, options.seed), MAX_RENDERS_PER_WORK * len(works))
+    unusable: set[str] = set()  # works that cannot be parsed
+    planned = itertools.islice(plan_units(works, options.seed), MAX_RENDERS_PER_WORK * len(works))
+    units = (unit for unit in planned if unit[0].id not in unusable)
     results = ordered_results(units, options, soundfont)
     with tqdm(total=round(target), unit="s", desc="corpus", disable=not progress, smoothing=0.05) as bar:
+        for entry in skipped:
+            bar.write(f"skipped {entry['work']}: {entry['reason']}")
         try:
             for result in results:
+                if result.get("fatal"):
+                    raise UserError(f"building {result['work']} failed: {result['fatal']}")
+                if result["work"] in unusable:
+                    continue  # a render already in flight when its work was found unusable
+                if result.get("unusable"):
+                    unusable.add(result["work"])
                 if result.get("skipped"):
                     skipped.append({"work": result["work"], "render": result["render"], "reason": result["skipped"]})
                     bar.write(f"skipped {result['work']} (render {result['render']}): {result['skipped']}")

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tunesmith.audio import AudioError, resample, to_channels
+from tunesmith.errors import UserError
 from tunesmith.data.manifest import SPLITS, read_manifest, resolve_audio
 
 
@@ -31,16 +32,16 @@ class AudioClipDataset(Dataset):
         segment_seconds: float | None = 2.0,
     ) -> None:
         if split is not None and split not in SPLITS:
-            raise ValueError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)} or None)")
+            raise UserError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)} or None)")
         if segment_seconds is not None and segment_seconds <= 0:
-            raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
+            raise UserError(f"segment_seconds must be positive, got {segment_seconds}")
         if channels not in (1, 2):
-            raise ValueError(f"channels must be 1 or 2, got {channels}")
+            raise UserError(f"channels must be 1 or 2, got {channels}")
         self.manifest_path = Path(manifest_path)
         records = read_manifest(self.manifest_path)
         self.records = [r for r in records if split is None or r["split"] == split]
         if not self.records:
-            raise ValueError(f"manifest {manifest_path} has no clips in split '{split}'")
+            raise UserError(f"manifest {manifest_path} has no clips in split '{split}'")
         self.sample_rate = sample_rate
         self.channels = channels
         self.segment_seconds = segment_seconds
@@ -74,11 +75,11 @@ class AlternateAudioDataset(Dataset):
 
     def __init__(self, primary: AudioClipDataset, alternate: AudioClipDataset, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+            raise UserError(f"p must be in [0, 1], got {p}")
         by_id = {r["id"]: i for i, r in enumerate(alternate.records)}
         missing = [r["id"] for r in primary.records if r["id"] not in by_id]
         if missing:
-            raise ValueError(f"{alternate.manifest_path} lacks {len(missing)} clips of {primary.manifest_path}, e.g. {missing[0]}")
+            raise UserError(f"{alternate.manifest_path} lacks {len(missing)} clips of {primary.manifest_path}, e.g. {missing[0]}")
         self.primary, self.alternate, self.p = primary, alternate, p
         self.records = primary.records
         self._alternate_index = [by_id[r["id"]] for r in primary.records]

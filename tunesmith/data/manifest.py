@@ -8,27 +8,78 @@ Fields of a line: ``id``, ``audio`` (path relative to the manifest's folder), ``
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import re
 from pathlib import Path
-
-from tunesmith.files import atomic_path
 from typing import Any, Iterable
+
+from tunesmith.errors import UserError
+from tunesmith.files import atomic_path
 
 REQUIRED_FIELDS = ("id", "audio", "caption", "tags", "duration", "sample_rate", "channels", "split", "source")
 SPLITS = ("train", "valid", "test")
+SPLIT_FRACTIONS = (("train", 0.9), ("valid", 0.05), ("test", 0.05))
 
 
-class ManifestError(ValueError):
-    """A manifest line that is not valid JSON or lacks a required field."""
+class ManifestError(UserError):
+    """A manifest or side table that cannot be used: the message names the file and line."""
+
+
+# Ids and splits live here, not in the corpus builder, so that indexing the user's own
+# audio needs none of the score/MIDI packages of the ``[data]`` extra.
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process and Python version."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def split_of(work_id: str) -> str:
+    """train/valid/test by a hash of the work id: a work (all its renders) sits in one split only."""
+    u = stable_hash("split:" + work_id) / 2**64
+    total = 0.0
+    for name, fraction in SPLIT_FRACTIONS:
+        total += fraction
+        if u < total:
+            return name
+    return SPLIT_FRACTIONS[-1][0]
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name-safe id (runs of other characters become one ``-``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a user's side table (captions, metadata): JSONL by suffix, otherwise CSV with a header."""
+    """Rows of a user's side table (captions, metadata): JSONL by suffix, otherwise CSV with a header.
+
+    Every row is a dict of str keys; a malformed table raises :class:`ManifestError`
+    naming the file (and line), never a bare parser error.
+    """
     path = Path(path)
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            with path.open(encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ManifestError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                    if not isinstance(row, dict):
+                        raise ManifestError(f"{path}:{number}: expected a JSON object")
+                    rows.append(row)
+            return rows
+        with path.open(encoding="utf-8", newline="") as f:
+            # a row longer than the header puts its extra cells under None; drop them
+            return [{k: v for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except csv.Error as err:
+        raise ManifestError(f"{path}: not a valid CSV table ({err})") from None
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
@@ -37,16 +88,20 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            check_record(record, f"{path}:{number}")
-            records.append(record)
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ManifestError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                check_record(record, f"{path}:{number}")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}:{number + 1}: not UTF-8 text") from None
     return records
 
 
@@ -57,6 +112,10 @@ def check_record(record: Any, where: str = "record") -> None:
     missing = [k for k in REQUIRED_FIELDS if k not in record]
     if missing:
         raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
+    if not isinstance(record["audio"], str) or not record["audio"]:
+        raise ManifestError(f"{where}: 'audio' must be a path (a non-empty string)")
+    if not isinstance(record["caption"], str):
+        raise ManifestError(f"{where}: 'caption' must be a string")
     if not isinstance(record["tags"], dict):
         raise ManifestError(f"{where}: 'tags' must be an object")
     if not (isinstance(record["duration"], (int, float)) and record["duration"] > 0):

@@ -1,17 +1,22 @@
 """Which works the corpus draws from: music21's bundled corpus and user folders of scores.
 
 Listing is cheap (file names and the ``X:`` numbers of ABC collections, no parsing), so a
-build can plan the whole work order before rendering anything.
+build can plan the whole work order before rendering anything.  :func:`scan_folder` is
+also how ``tunesmith data index`` lists audio, so both report what they leave out.
+This module imports nothing of the ``[data]`` extra (music21 only inside a function).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.manifest import read_table
+from tunesmith.data.manifest import ManifestError, read_table, slug, stable_hash
 
 SCORE_SUFFIXES = (".mxl", ".musicxml", ".xml", ".krn", ".abc", ".mid", ".midi")
 
@@ -76,6 +81,89 @@ class WorkRef:
                 "collection": self.collection}
 
 
+_KINDS = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def scan_folder(folder: str | Path, suffixes: tuple[str, ...],
+                exclude: str | Path | None = None) -> tuple[list[Path], list[dict[str, str]]]:
+    """(regular files under ``folder`` with one of ``suffixes``, sorted; what was left out, with why).
+
+    Nothing is opened here, so a fifo or a link to ``/dev/zero`` cannot block or flood a
+    build: such entries (and broken links) are reported, as are folders that cannot be
+    listed.  Folder links are followed once each; a loop is reported, not followed.
+    ``exclude`` (a folder, e.g. the indexer's own output) is left out silently.
+    """
+    folder = Path(folder)
+    skip_key = _dir_key(Path(exclude)) if exclude is not None else None
+    files: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        rel = str(here.relative_to(folder))
+        try:
+            key = _dir_key(here)
+            if key in seen:
+                skipped.append({"file": rel, "reason": "folder already listed (a link loop or a second link to it)"})
+                continue
+            seen.add(key)
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            if here == folder:
+                raise  # the folder itself: the user's error, with the path in the message
+            skipped.append({"file": rel, "reason": f"folder not readable ({err.strerror or err})"})
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            rel = str(path.relative_to(folder))
+            try:
+                info = os.stat(path)  # follows links: what the path would open
+            except OSError as err:
+                if path.suffix.lower() in suffixes:
+                    reason = "broken link" if entry.is_symlink() else f"not readable ({err.strerror or err})"
+                    skipped.append({"file": rel, "reason": reason})
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if (info.st_dev, info.st_ino) != skip_key:
+                    stack.append(path)
+            elif path.suffix.lower() not in suffixes:
+                continue
+            elif stat.S_ISREG(info.st_mode):
+                files.append(path)
+            else:
+                kind = next((name for test, name in _KINDS if test(info.st_mode)), "a special file")
+                skipped.append({"file": rel, "reason": f"not a regular file ({kind})"})
+    return sorted(files), sorted(skipped, key=lambda s: s["file"])
+
+
+def _dir_key(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def unique_stems(rels: list[str]) -> dict[str, str]:
+    """An id stem per relative path: the path without its suffix, or with it where stems clash.
+
+    ``broken.abc`` and ``broken.mid`` would otherwise share one id, and one of them would
+    vanish from the build and from its skip list.  Ids are compared as the file names
+    they become (slugged, case-folded); what still clashes gets a hash of its path.
+    """
+    def key(stem: str) -> str:
+        return slug(stem).casefold()
+
+    bare = {r: str(Path(r).with_suffix("")) for r in rels}
+    counts = Counter(key(s) for s in bare.values())
+    stems = {r: s if counts[key(s)] == 1 else r for r, s in bare.items()}
+    counts = Counter(key(s) for s in stems.values())
+    return {r: s if counts[key(s)] == 1 else f"{s}~{stable_hash(r) % 16**8:08x}" for r, s in stems.items()}
+
+
 def abc_numbers(path: Path) -> list[int]:
     """The ``X:`` reference numbers of an ABC file, in file order, without duplicates."""
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -123,25 +211,32 @@ def folder_metadata(folder: str | Path) -> Path | None:
 
 
 def folder_works(folder: str | Path, metadata: dict[str, dict[str, Any]] | None = None,
-                 only_listed: bool = True) -> list[WorkRef]:
+                 only_listed: bool = True, skipped: list[dict[str, str]] | None = None) -> list[WorkRef]:
     """Score files (MusicXML, MXL, Humdrum, ABC, MIDI) under ``folder``.
 
     ``metadata`` (keys: paths relative to the folder) supplies title, composer and era; with
     ``only_listed`` it also selects the works (files it does not list are left out).
+    Entries that cannot be used (fifos, devices, unreadable folders) are appended to
+    ``skipped`` as ``{"file", "reason"}``.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"source folder not found: {folder}")
+    paths, left_out = scan_folder(folder, SCORE_SUFFIXES)
+    if skipped is not None:
+        skipped += [{"file": f"{folder.name}/{s['file']}", "reason": s["reason"]} for s in left_out]
+    stems = unique_stems([str(p.relative_to(folder)) for p in paths])
     works = []
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in SCORE_SUFFIXES or not path.is_file():
-            continue
+    for path in paths:
         rel = str(path.relative_to(folder))
         info = (metadata or {}).get(rel, {})
         if metadata is not None and only_listed and not info:
             continue  # the (filtered) metadata selects the works
-        stem = f"{folder.name}/{Path(rel).with_suffix('')}"
-        numbers = abc_numbers(path) if path.suffix.lower() == ".abc" else []
+        stem = f"{folder.name}/{stems[rel]}"
+        try:
+            numbers = abc_numbers(path) if path.suffix.lower() == ".abc" else []
+        except OSError:
+            numbers = []  # unreadable: parsing it fails later and the build lists it as skipped
         for n in numbers if len(numbers) > 1 else [None]:
             composer = info.get("composer") or info.get("composer_name") or ""
             works.append(WorkRef(stem if n is None else f"{stem}#{n}", str(path), n, str(composer),
@@ -159,12 +254,12 @@ def read_metadata(path: str | Path, min_rating: float | None = None, tags: tuple
     selected = {}
     for i, row in enumerate(rows):
         if "path" not in row:
-            raise ValueError(f"{path}: row {i + 1} has no 'path' column")
+            raise ManifestError(f"{path}: row {i + 1} has no 'path' column")
         if min_rating is not None:
             try:
                 if float(row.get("rating", "nan")) < min_rating:
                     continue
-            except ValueError:
+            except (TypeError, ValueError):
                 continue
         row_tags = {t.strip().lower() for t in re.split(r"[,;]", str(row.get("tags", ""))) if t.strip()}
         if any(t.lower() not in row_tags for t in tags):
