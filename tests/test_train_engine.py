@@ -111,7 +111,7 @@ def test_lr_schedules():
 def test_config_validation():
     from tunesmith.config import ConfigError, from_dict
 
-    with pytest.raises(ConfigError, match="steps must be >= 1"):
+    with pytest.raises(ConfigError, match="'steps' must be >= 1"):
         from_dict(TrainConfig, {"steps": 0})
 
 

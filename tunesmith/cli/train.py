@@ -54,7 +54,9 @@ def resolve_config(kind: str, preset_name: str | None, config_path: str | None, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunesmith.train.engine import Trainer
+    from tunesmith.errors import CheckpointError
+    from tunesmith.train import state
+    from tunesmith.train.engine import Trainer, seed_everything
 
     config_path = args.config
     saved = Path(args.out) / "run_config.json" if args.out else None
@@ -69,12 +71,20 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(to_dict(config), indent=2))
         return 0
     out_dir = Path(config.train.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "run_config.json")
+    if args.resume and not state.has_checkpoint(out_dir / "checkpoints"):
+        raise CheckpointError(f"nothing to resume in {out_dir}: no checkpoint")  # before building anything
+    seed_everything(config.train.seed)  # the task builds its modules now: their initialisation follows the seed
     task = module.make_task(config)
     trainer = Trainer(task, config.train)
+
+    def record_config(trainer: Trainer) -> None:
+        """Save the run's config once the run has really started (a resume that fails must not change it)."""
+        if trainer.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, out_dir / "run_config.json")
+
     try:
-        result = trainer.fit(resume=args.resume)
+        result = trainer.fit(resume=args.resume, on_start=record_config)
         if result.interrupted:
             if trainer.rank == 0:
                 print(f"interrupted at step {result.step}; checkpoint saved. Resume with --resume --out {out_dir}")

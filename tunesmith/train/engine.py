@@ -23,6 +23,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from tunesmith.config import register_preset, to_dict
+from tunesmith.config import register_preset, require, to_dict
+from tunesmith.errors import CheckpointError, ConfigError
+from tunesmith.files import atomic_write_text
 from tunesmith.train import state as ckpt
 from tunesmith.train.ema import EMA
 from tunesmith.train.schedule import lr_multiplier
@@ -71,11 +74,27 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        """Refuse, when the config is read, values that would fail (or silently train wrong) only
+        once training starts: ``lr=nan``, ``batch_size=0``, ``ema_decay=1``, a negative warm-up."""
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        for name in ("warmup_steps", "valid_every", "checkpoint_every", "num_workers"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
+        require(_finite(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
+        for name in ("weight_decay", "grad_clip", "checkpoint_minutes"):
+            value = getattr(self, name)
+            require(_finite(value) and value >= 0, name, value, "a finite number >= 0")
+        require(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio,
+                "in [0, 1]")
+        require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "in [0, 1) (0 disables)")
+        for i, beta in enumerate(self.betas):
+            require(0 <= beta < 1, f"betas[{i}]", beta, "in [0, 1)")
+        require(0 <= self.seed < 2**32, "seed", self.seed, "in [0, 2**32)")  # numpy's seed range
+        require(bool(self.out_dir.strip()), "out_dir", self.out_dir, "a directory")
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @register_preset("train", "tiny")
@@ -110,6 +129,14 @@ def unwrap(module: nn.Module) -> nn.Module:
             module = module._orig_mod
         else:
             return module
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and ``random``: call it before a task builds its modules, so that
+    model initialisation (and so the whole run) is a function of ``train.seed``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def seeded_item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -147,7 +174,8 @@ class _BatchOrder:
         self.n, self.batch, self.accum, self.world, self.rank, self.seed = n, batch, accum, world, rank, seed
         self.global_batch = batch * accum * world
         if n < self.global_batch:
-            raise ValueError(f"dataset has {n} items, fewer than one global batch ({self.global_batch})")
+            raise ConfigError(f"the dataset has {n} items, fewer than one global batch of {self.global_batch} "
+                              f"(train.batch_size {batch} x train.grad_accum {accum} x {world} processes)")
         self.steps_per_epoch = n // self.global_batch
         self.start_step = start_step
 
@@ -198,7 +226,7 @@ class Trainer:
         self.step = 0
         self._stop_requested = False
 
-        torch.manual_seed(config.seed)  # model init is the same on every rank
+        seed_everything(config.seed)  # modules built by task.modules() start the same on every rank
         self.raw = {name: m.to(self.device) for name, m in task.modules().items()}
         checkpointing = config.grad_checkpointing == "on" or (
             config.grad_checkpointing == "auto" and self.device.type == "cuda"
@@ -311,31 +339,83 @@ class Trainer:
             dist.barrier()
         return path
 
+    def restore(self) -> Path:
+        """Load the checkpoint a resumed run starts from, and return its path.
+
+        That is what ``latest`` names or, when it is missing or damaged, the newest checkpoint
+        that reads (said on stderr): a resumed run never quietly starts again from step 0.
+        """
+        root = self.checkpoint_root
+        candidates = ckpt.resume_candidates(root)
+        if not candidates:
+            raise CheckpointError(f"nothing to resume in {self.out_dir}: no checkpoint")
+        problems = []
+        for path in candidates:
+            try:
+                tensors, state = ckpt.read_checkpoint(path)
+            except CheckpointError as err:
+                problems.append(str(err))
+                continue
+            pointer = ckpt.read_pointer(root)
+            if path.name != pointer:
+                why = f"names {pointer}, which is missing or unreadable" if pointer else "is missing or unreadable"
+                self._note(f"{root / ckpt.LATEST} {why}{' (' + problems[0] + ')' if problems else ''}; "
+                           f"resuming from {path.name}")
+            self._load(path, tensors, state)
+            return path
+        raise CheckpointError(f"nothing to resume in {self.out_dir}: no readable checkpoint ({problems[0]})")
+
     def load_checkpoint(self, path: Path) -> None:
+        """Load checkpoint ``path`` into the modules, optimizers and EMA (collective under FSDP)."""
         tensors, state = ckpt.read_checkpoint(path)
+        self._load(path, tensors, state)
+
+    def _load(self, path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        # Check every module's shapes before loading any: a checkpoint of another model size is
+        # the user's mistake (a changed --set), to be named in one line, not a torch traceback.
+        modules = {}
         for name, module in self.modules.items():
             prefix = f"model/{name}/"
             module_state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            _check_fits(path, name, module_state, unwrap(module).state_dict())
+            if name not in state["optimizers"]:
+                raise CheckpointError(f"{path} has no optimizer state for module '{name}'; not this run's checkpoint")
+            modules[name] = module_state
+        for name, module in self.modules.items():
+            module_state = modules[name]
             optim_state = ckpt.unflatten_optimizer_state(f"optim/{name}", tensors, state["optimizers"][name])
-            if self.world > 1 and self.config.distributed == "fsdp":
-                from torch.distributed.checkpoint.state_dict import (
-                    StateDictOptions,
-                    set_model_state_dict,
-                    set_optimizer_state_dict,
-                )
+            try:
+                if self.world > 1 and self.config.distributed == "fsdp":
+                    from torch.distributed.checkpoint.state_dict import (
+                        StateDictOptions,
+                        set_model_state_dict,
+                        set_optimizer_state_dict,
+                    )
 
-                opts = StateDictOptions(full_state_dict=True)
-                set_model_state_dict(module, module_state, options=opts)
-                set_optimizer_state_dict(module, self.optimizers[name], optim_state, options=opts)
-            else:
-                unwrap(module).load_state_dict(module_state)
-                self.optimizers[name].load_state_dict(optim_state)
+                    opts = StateDictOptions(full_state_dict=True)
+                    set_model_state_dict(module, module_state, options=opts)
+                    set_optimizer_state_dict(module, self.optimizers[name], optim_state, options=opts)
+                else:
+                    unwrap(module).load_state_dict(module_state)
+                    self.optimizers[name].load_state_dict(optim_state)
+            except (KeyError, ValueError, RuntimeError) as err:
+                message = " ".join(str(err).split())[:200]
+                raise CheckpointError(f"{path} does not fit this run's optimizer for '{name}': {message}") from None
         for name, ema in self.emas.items():
             prefix = f"ema/{name}/"
             loaded = {k[len(prefix) :]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+            if set(loaded) != set(ema.shadow) or name not in state.get("ema_updates", {}):
+                # EMA switched on for a run that had none: start averaging from the resumed weights
+                self._note(f"{path.name} has no EMA of '{name}'; the EMA starts from its weights")
+                self.emas[name] = EMA(unwrap(self.modules[name]), self.config.ema_decay)
+                continue
             ema.shadow = {k: _like(loaded[k], old) for k, old in ema.shadow.items()}
             ema.updates = state["ema_updates"][name]
         self.step = int(state["step"])
+
+    def _note(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"note: {message}", file=sys.stderr, flush=True)
 
     def ema_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """Full weights to export for module ``name``: the EMA when enabled, else the live
@@ -387,22 +467,34 @@ class Trainer:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
-    def fit(self, resume: bool = False) -> FitResult:
-        """Train to ``config.steps``; with ``resume`` continue from the latest checkpoint."""
+    def fit(self, resume: bool = False, on_start: Callable[[Trainer], None] | None = None) -> FitResult:
+        """Train to ``config.steps``; with ``resume`` continue from the latest checkpoint.
+
+        ``on_start(trainer)`` runs on every rank once the state is ready (restored, or fresh)
+        and before anything is written: the place to record the run's config, so that a
+        resume that fails (a checkpoint of another size) leaves the run as it was.
+        """
         cfg = self.config
-        if resume:
-            latest = ckpt.latest_checkpoint(self.checkpoint_root)
-            if latest is not None:
-                self.load_checkpoint(latest)
         is_main = self.rank == 0
         if is_main:
+            cleared = ckpt.remove_stale_temporaries(self.checkpoint_root)
+            if cleared:
+                where = self.checkpoint_root
+                self._note(f"removed what an interrupted checkpoint left in {where}: {', '.join(cleared)}")
+        if self.world > 1:
+            dist.barrier()  # the other ranks look for checkpoints only once the directory is tidy
+        if resume:
+            self.restore()
+        data = self._loader(self.step)  # a batch larger than the dataset fails here, before any write
+        if on_start is not None:
+            on_start(self)
+        if is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+            atomic_write_text(self.out_dir / "train_config.json", json.dumps(to_dict(cfg), indent=2))
         log = _Logger(self.out_dir, enabled=is_main)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
             signal.signal(s, self._request_stop)
-        data = self._loader(self.step)
         multi = len(self.modules) > 1
         single_name = next(iter(self.modules))
         bar = None
@@ -505,6 +597,24 @@ class Trainer:
             log.write({"step": self.step, **{f"valid/{k}": float(v) for k, v in metrics.items()}})
         if self.world > 1:
             dist.barrier()
+
+
+def _check_fits(path: Path, name: str, saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointError` naming the first parameter of module ``name`` that the
+    checkpoint lacks, has extra, or holds in another shape (DTensor shapes are global)."""
+    hint = "resume with the run's saved config (plain --resume), or start a new run with --out"
+    for key, wanted in expected.items():
+        if key not in saved:
+            raise CheckpointError(f"{path} does not fit this model: it has no parameter '{name}.{key}'; {hint}")
+        if tuple(saved[key].shape) != tuple(wanted.shape):
+            raise CheckpointError(
+                f"{path} does not fit this model: parameter '{name}.{key}' is {tuple(saved[key].shape)} in the "
+                f"checkpoint but {tuple(wanted.shape)} in the model; {hint}"
+            )
+    extra = sorted(set(saved) - set(expected))
+    if extra:
+        raise CheckpointError(f"{path} does not fit this model: parameter '{name}.{extra[0]}' is not in the model; "
+                              f"{hint}")
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
