@@ -229,3 +229,24 @@ def test_unconditional_generation_ignores_the_prompt(generator):
     b = generator.generate("fast drums", duration=1.0, seed=5, steps=3, unconditional=True)
     c = generator.generate("fast drums", duration=1.0, seed=5, steps=3)
     assert torch.equal(a.samples, b.samples) and not torch.equal(b.samples, c.samples)
+
+
+def test_per_prompt_seeds_reproduce_single_generations_and_callbacks_report_steps(generator):
+    batch = generator.generate(["a waltz", "fast drums"], duration=1.0, seed=[3, 8], steps=4).samples
+    for i, (prompt, seed) in enumerate((("a waltz", 3), ("fast drums", 8))):
+        alone = generator.generate(prompt, duration=1.0, seed=seed, steps=4).samples[0]
+        assert torch.allclose(batch[i], alone, atol=1e-5), prompt
+    steps = []
+    generator.generate("a waltz", duration=1.0, steps=5, callback=lambda done, total: steps.append((done, total)))
+    assert steps == [(i, 5) for i in range(1, 6)]
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        generator.generate("a waltz", duration=1.0, steps=5, callback=stop)
+    with pytest.raises(ValueError, match="seed"):
+        generator.generate(["a", "b"], duration=1.0, seed=[1])

@@ -77,12 +77,22 @@ def check_request(prompts: str | list[str], duration: float, max_duration: float
     return items
 
 
-def check_seed(seed: int) -> int:
+def check_seed(seed: int, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {type(seed).__name__}")
+        raise ValueError(f"{name} must be an integer, got {type(seed).__name__}")
     if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+        raise ValueError(f"{name} must be in [0, 2**63), got {seed}")
     return seed
+
+
+def check_seeds(seed: int | list[int], batch: int) -> int | list[int]:
+    """One seed for the batch, or a list with one per prompt (row i then equals prompt i generated
+    alone with seed[i]: what lets a server batch requests and every result stay reproducible)."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != batch:
+            raise ValueError(f"seed: {len(seed)} seeds for {batch} prompts")
+        return [check_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]
+    return check_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -150,9 +160,14 @@ class Generator:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def generate(self, prompts: str | list[str], duration: float, seed: int = 0, *, progress: bool = False,
+    def generate(self, prompts: str | list[str], duration: float, seed: int | list[int] = 0, *,
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None,
                  **controls: Any) -> Audio:
-        """Audio (B, C, T) for a batch of prompts; ``controls`` are the family's ``CONTROLS``."""
+        """Audio (B, C, T) for a batch of prompts; ``controls`` are the family's ``CONTROLS``.
+
+        ``seed``: one for the batch, or one per prompt (row i then equals prompt i alone with
+        seed[i]).  ``callback(done, total)`` runs after each sampling or decoding step; an
+        exception raised in it stops the generation there (a server's progress and cancel)."""
         raise NotImplementedError
 
     # -- checks ------------------------------------------------------------------

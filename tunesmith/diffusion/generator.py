@@ -27,8 +27,8 @@ from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser
 from tunesmith.diffusion.dit import DiT
 from tunesmith.diffusion.guidance import cfg_denoiser
 from tunesmith.diffusion.inpaint import keep_known, sample_repaint, strength_to_sigma
-from tunesmith.diffusion.samplers import get_sigmas, sample
-from tunesmith.generator import Control, Generator, check_request, check_seed, frames_for
+from tunesmith.diffusion.samplers import StepCallback, get_sigmas, sample
+from tunesmith.generator import Control, Generator, check_request, check_seeds, frames_for
 
 
 class LatentCodec(Protocol):
@@ -113,7 +113,7 @@ class LatentDiffusionGenerator(Generator):
         cond: Conditioning,
         uncond: Conditioning | None,
         frames: int,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         *,
         steps: int = 12,
         sampler: str = "dpmpp-2m",
@@ -128,14 +128,26 @@ class LatentDiffusionGenerator(Generator):
         keep_mask: torch.Tensor | None = None,
         repaint_resample: int = 4,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> LatentResult:
-        """Model-scaled latents (B, D, frames).  ``keep_mask`` (B, 1, frames) = 1 where ``init_latents`` is kept."""
+        """Model-scaled latents (B, D, frames).  ``keep_mask`` (B, 1, frames) = 1 where ``init_latents`` is kept.
+
+        ``seed`` as a list gives each row its own initial noise, so row i equals a generation of
+        that row alone with seed[i] (with a deterministic sampler: the default, DDIM, Euler and
+        Heun without churn); a stochastic sampler's later draws come from seed[0]."""
         b = cond.batch_size() or 1
         cond_in = cond.model_inputs()
         uncond_in = None if uncond is None else uncond.model_inputs()
         d = self.model.config.latent_dim
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        noise = torch.randn(b, d, frames, generator=gen, device=self.device)
+        seeds = seed if isinstance(seed, list) else None
+        gen = torch.Generator(device=self.device).manual_seed(seeds[0] if seeds else seed)
+        if seeds is None:
+            noise = torch.randn(b, d, frames, generator=gen, device=self.device)
+        else:
+            if len(seeds) != b:
+                raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
+            noise = torch.cat([torch.randn(1, d, frames, generator=torch.Generator(device=self.device).manual_seed(s),
+                                           device=self.device) for s in seeds])
         if keep_mask is not None:
             if init_latents is None:
                 raise ValueError("a mask needs the reference audio it applies to (init_audio)")
@@ -156,11 +168,11 @@ class LatentDiffusionGenerator(Generator):
         if keep_mask is not None and not self.model.config.inpainting:
             counter = CountingDenoiser(guided)
             x = sample_repaint(counter, noise * sigmas[0], sigmas, known, keep_mask, resample=repaint_resample,
-                               generator=gen, progress=progress)
+                               generator=gen, progress=progress, callback=callback)
             return LatentResult(x, counter.nfe)
         if keep_mask is not None:
             guided = keep_known(guided, known, keep_mask)
-        out = sample(guided, noise, sigmas, sampler, init=start, generator=gen, progress=progress)
+        out = sample(guided, noise, sigmas, sampler, init=start, generator=gen, progress=progress, callback=callback)
         x = out.x if keep_mask is None else keep_mask * known + (1 - keep_mask) * out.x
         return LatentResult(x, out.nfe)
 
@@ -168,9 +180,10 @@ class LatentDiffusionGenerator(Generator):
         self,
         prompts: str | list[str],
         duration: float,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         *,
         progress: bool = False,
+        callback: StepCallback | None = None,
         **controls: Any,
     ) -> Audio:
         """Audio (B, C, T).  Controls: steps, sampler, schedule, sigma_min, sigma_max, cfg,
@@ -183,10 +196,10 @@ class LatentDiffusionGenerator(Generator):
         the prompt by the null condition (timing stays), for baselines.
         """
         self.check_controls(controls)
-        seed = check_seed(seed)
+        items = check_request(prompts, duration, self.max_duration)
+        seed = check_seeds(seed, len(items))
         init_audio, mask = controls.pop("init_audio", None), controls.pop("mask", None)
         unconditional = bool(controls.pop("unconditional", False))
-        items = check_request(prompts, duration, self.max_duration)
         frames = self.num_frames(duration)
         cond, uncond = self.conditioning(items, duration)
         if controls.get("cfg") is None:
@@ -203,7 +216,7 @@ class LatentDiffusionGenerator(Generator):
         elif mask is not None:
             raise ValueError("a mask needs the reference audio it applies to (init_audio)")
         result = self.generate_latents(cond, uncond, frames, seed, init_latents=init_latents, keep_mask=keep,
-                                       progress=progress, **controls)
+                                       progress=progress, callback=callback, **controls)
         return self.decode_latents(result.latents, duration)
 
     def keep_mask(self, regenerate: Sequence[tuple[float, float]] | torch.Tensor | None, frames: int, have: int) -> torch.Tensor:

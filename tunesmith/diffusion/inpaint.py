@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from tunesmith.diffusion.objectives import sigma_to_t, t_to_sigma
+from tunesmith.diffusion.samplers import StepCallback, sampler_steps
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -64,6 +64,7 @@ def sample_repaint(
     resample: int = 1,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """RePaint (Lugmayr et al. 2022, Alg. 1) with DDIM-style (Euler) steps in sigma.
 
@@ -78,7 +79,7 @@ def sample_repaint(
     def noise() -> torch.Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    for i in tqdm(range(len(sigmas) - 1), desc="repaint", disable=not progress, leave=False):
+    for i in sampler_steps(sigmas, progress, "repaint", callback):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         rounds = 1 if sigma_next == 0 else resample
         for r in range(rounds):

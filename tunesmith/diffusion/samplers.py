@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from tunesmith.diffusion.denoiser import CountingDenoiser
 from tunesmith.diffusion.objectives import sigma_to_t, t_to_sigma
+
+StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScheduleName = Literal["karras", "exponential", "cosine"]
@@ -80,12 +82,18 @@ def get_sigmas(schedule: str, steps: int, sigma_min: float = 0.002, sigma_max: f
 # helpers
 
 
-def _steps(sigmas: torch.Tensor, progress: bool, name: str):
+def sampler_steps(sigmas: torch.Tensor, progress: bool, name: str, callback: StepCallback | None = None) -> Iterator[int]:
+    """Step indices, with a progress bar; ``callback(done, total)`` runs after each step (an
+    exception it raises stops the sampler there: how a server cancels a job)."""
     if sigmas.dim() != 1 or len(sigmas) < 2:
         raise ValueError("sigmas must be a 1-D schedule of at least two levels (the last usually 0)")
     if bool((sigmas[1:] > sigmas[:-1]).any()):
         raise ValueError("sigmas must be non-increasing")
-    return tqdm(range(len(sigmas) - 1), desc=name, disable=not progress, leave=False)
+    total = len(sigmas) - 1
+    for i in tqdm(range(total), desc=name, disable=not progress, leave=False):
+        yield i
+        if callback is not None:
+            callback(i + 1, total)
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -121,6 +129,7 @@ def sample_euler(
     s_tmax: float = float("inf"),
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Euler steps on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma.
 
@@ -128,7 +137,7 @@ def sample_euler(
     without its second-order correction.  NFE = number of steps.
     """
     n = len(sigmas) - 1
-    for i in _steps(sigmas, progress, "euler"):
+    for i in sampler_steps(sigmas, progress, "euler", callback):
         x, sigma = _churn(x, sigmas[i], _gamma(s_churn, n, float(sigmas[i]), s_tmin, s_tmax), generator)
         d = (x - denoiser(x, sigma)) / sigma
         x = x + d * (sigmas[i + 1] - sigma)
@@ -146,6 +155,7 @@ def sample_heun(
     s_tmax: float = float("inf"),
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Heun's second-order method, Karras et al. 2022 Alg. 1 (deterministic) / Alg. 2 (s_churn > 0).
 
@@ -153,7 +163,7 @@ def sample_heun(
     NFE = 2 * steps - 1 when the schedule ends at 0.
     """
     n = len(sigmas) - 1
-    for i in _steps(sigmas, progress, "heun"):
+    for i in sampler_steps(sigmas, progress, "heun", callback):
         x, sigma = _churn(x, sigmas[i], _gamma(s_churn, n, float(sigmas[i]), s_tmin, s_tmax), generator)
         sigma_next = sigmas[i + 1]
         d = (x - denoiser(x, sigma)) / sigma
@@ -175,6 +185,7 @@ def sample_ddim(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), written for x = x0 + sigma * noise.
 
@@ -182,7 +193,7 @@ def sample_ddim(
     fills the rest; ``eta`` = 0 is deterministic (then it coincides with Euler in
     sigma), ``eta`` = 1 is DDPM-like ancestral sampling.  NFE = number of steps.
     """
-    for i in _steps(sigmas, progress, "ddim"):
+    for i in sampler_steps(sigmas, progress, "ddim", callback):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0 = denoiser(x, sigma)
         eps = (x - x0) / sigma
@@ -207,6 +218,7 @@ def sample_dpmpp_2m(
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), Lu et al. 2022 (Alg. 2): second-order multistep in lambda = -log sigma.
 
@@ -216,12 +228,12 @@ def sample_dpmpp_2m(
     """
     previous: torch.Tensor | None = None
     h_previous = 0.0
-    for i in _steps(sigmas, progress, "dpm++2m"):
+    for i in sampler_steps(sigmas, progress, "dpm++2m", callback):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)
         if sigma_next == 0:
             x = denoised
-            break
+            continue  # the last step (to sigma 0); the loop ends, and its callback runs
         h = float(sigma.log() - sigma_next.log())  # lambda_next - lambda
         if previous is None:
             estimate = denoised
@@ -242,6 +254,7 @@ def sample_dpmpp_3m_sde(
     eta: float = 1.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Third-order multistep DPM-Solver++ for the diffusion SDE (Lu et al. 2022, SDE-DPM-Solver++).
 
@@ -254,12 +267,12 @@ def sample_dpmpp_3m_sde(
     ``eta`` = 0 gives the 3M ODE solver.  NFE = number of steps.
     """
     history: list[tuple[torch.Tensor, float]] = []  # (denoised, lambda), newest last
-    for i in _steps(sigmas, progress, "dpm++3m-sde"):
+    for i in sampler_steps(sigmas, progress, "dpm++3m-sde", callback):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)
         if sigma_next == 0:
             x = denoised
-            break
+            continue  # the last step (to sigma 0); the loop ends, and its callback runs
         lam, lam_next = -float(sigma.log()), -float(sigma_next.log())
         h = lam_next - lam
         big_h = (1 + eta) * h
@@ -312,6 +325,7 @@ def sample(
     init: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: StepCallback | None = None,
     **options: float,
 ) -> SampleOutput:
     """Run a named sampler from ``init + sigmas[0] * noise`` (init defaults to 0) and count NFE."""
@@ -322,5 +336,5 @@ def sample(
     counter = CountingDenoiser(denoiser)
     sigmas = sigmas.to(noise.device)
     x = noise * sigmas[0] if init is None else init + noise * sigmas[0]
-    out = SAMPLERS[sampler](counter, x, sigmas, generator=generator, progress=progress, **options)
+    out = SAMPLERS[sampler](counter, x, sigmas, generator=generator, progress=progress, callback=callback, **options)
     return SampleOutput(out, counter.nfe)

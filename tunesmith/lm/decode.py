@@ -19,7 +19,7 @@ MusicGen does for long samples.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -49,7 +49,7 @@ def decode_window(
     temperature: float = 1.0,
     top_k: int = 250,
     top_p: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     on_step: Any = None,
     unguided: tuple[str, ...] = (),
 ) -> torch.Tensor:
@@ -122,11 +122,12 @@ def generate_tokens(
     temperature: float = 1.0,
     top_k: int = 250,
     top_p: float = 0.0,
-    seed: int = 0,
+    seed: int | list[int] = 0,
     window_frames: int | None = None,
     keep_frames: int | None = None,
     progress: bool = False,
     unguided: tuple[str, ...] = (),
+    callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Tokens (B, K, num_frames): any length, continuing an optional ``prompt`` (B, K, Tp).
 
@@ -134,6 +135,9 @@ def generate_tokens(
     window; longer outputs continue window by window, each new window prompted with
     the last ``keep_frames`` (default: half a window) frames so far.  ``cond.melody`` and
     ``cond.beat``, if any, span the whole output and are cut to each window.
+
+    ``seed`` as a list gives each row its own random stream, so row i equals a decoding of
+    that row alone with seed[i].  ``callback(done, total)`` runs after each pattern step.
     """
     c = model.config
     B = batch_size or (cond.batch_size() if cond is not None else None) or (prompt.shape[0] if prompt is not None else 1)
@@ -151,7 +155,13 @@ def generate_tokens(
         if prompt.numel() and (int(prompt.min()) < 0 or int(prompt.max()) >= c.codebook_size):
             raise ValueError(f"prompt token ids must be in [0, {c.codebook_size})")
 
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    device = next(model.parameters()).device
+    if isinstance(seed, list):
+        if len(seed) != B:
+            raise ValueError(f"{len(seed)} seeds for a batch of {B}")
+        generator: torch.Generator | list[torch.Generator] = [torch.Generator(device=device).manual_seed(s) for s in seed]
+    else:
+        generator = torch.Generator(device=device).manual_seed(seed)
     guidance = None if cfg_scale == 1.0 else cfg_scale  # scale 1 is the conditional model: skip the extra rows
     sampling = dict(cfg_scale=guidance, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                     unguided=unguided)
@@ -162,13 +172,23 @@ def generate_tokens(
         covered += windows[-1] - keep
     total_steps = sum(num_steps(c.pattern, c.num_codebooks, w) for w in windows)
     bar = tqdm(total=total_steps, desc="decode", disable=not progress, leave=False)
+
+    done = 0
+
+    def step_done() -> None:
+        nonlocal done
+        done += 1
+        bar.update()
+        if callback is not None:
+            callback(done, total_steps)
+
     try:
         out = decode_window(model, windows[0], _window(cond, 0, windows[0]), batch_size=B, prompt=prompt,
-                            on_step=bar.update, **sampling)
+                            on_step=step_done, **sampling)
         for size in windows[1:]:
             start = out.shape[-1] - keep
             new = decode_window(model, size, _window(cond, start, size), batch_size=B, prompt=out[..., start:],
-                                on_step=bar.update, **sampling)
+                                on_step=step_done, **sampling)
             out = torch.cat([out, new[..., keep:]], -1)
     finally:
         bar.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
@@ -21,7 +21,7 @@ from tunesmith.conditioning.conditions import Conditioning, from_prompts
 from tunesmith.conditioning.melody import dominant_chroma
 from tunesmith.conditioning.encoders import get_text_encoder
 from tunesmith.conditioning.text import TextEncoder
-from tunesmith.generator import Control, Generator, as_audio, check_request, check_seed, frames_for
+from tunesmith.generator import Control, Generator, as_audio, check_request, check_seeds, frames_for
 from tunesmith.lm.decode import generate_tokens
 from tunesmith.lm.int8 import quantize_int8
 from tunesmith.lm.model import TokenLM
@@ -120,9 +120,10 @@ class TokenLMGenerator(Generator):
         self,
         prompts: str | list[str],
         duration: float,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         *,
         progress: bool = False,
+        callback: Callable[[int, int], None] | None = None,
         **controls: Any,
     ) -> Audio:
         """Audio (B, C, duration * sample_rate).  Controls: ``cfg`` (the model's own scale if
@@ -133,7 +134,7 @@ class TokenLMGenerator(Generator):
         guidance leaves unscaled (see :func:`tunesmith.lm.decode.decode_window`)."""
         self.check_controls(controls)
         items = check_request(prompts, duration, self.max_duration)
-        seed = check_seed(seed)
+        seed = check_seeds(seed, len(items))
         num_frames = frames_for(duration, self.frame_rate)
         cond = self.conditioning(items, num_frames, controls.get("melody"))
         cfg = self.cfg if controls.get("cfg") is None else float(controls["cfg"])
@@ -146,7 +147,7 @@ class TokenLMGenerator(Generator):
             tokens = generate_tokens(self.decoder_lm, num_frames, cond, batch_size=len(items), prompt=prompt,
                                      cfg_scale=cfg, temperature=float(controls.get("temperature", 1.0)),
                                      top_k=int(controls.get("top_k", 250)), top_p=float(controls.get("top_p", 0.0)),
-                                     seed=seed, progress=progress,
+                                     seed=seed, progress=progress, callback=callback,
                                      unguided=self.unguided if unguided is None else tuple(unguided))
         return self.decode(tokens, duration)
 

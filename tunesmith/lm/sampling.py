@@ -42,13 +42,14 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Draw one id per row of logits (..., N); temperature 0 is the argmax.
 
     Sampling uses the exponential-race form of the categorical distribution
     (argmax of p / E with E ~ Exp(1)), which draws every row with one random tensor
-    from ``generator``: the same seed gives the same tokens.
+    from ``generator``: the same seed gives the same tokens.  A list of generators, one
+    per batch row (dim 0), gives each row its own stream.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -56,5 +57,10 @@ def sample(
         return logits.argmax(-1)
     logits = top_p_filter(top_k_filter(logits.float() / temperature, top_k), top_p)
     probs = logits.softmax(-1)
-    race = torch.empty_like(probs).exponential_(generator=generator)
+    if isinstance(generator, list):
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+        race = torch.cat([torch.empty_like(probs[i : i + 1]).exponential_(generator=g) for i, g in enumerate(generator)])
+    else:
+        race = torch.empty_like(probs).exponential_(generator=generator)
     return (probs / race).argmax(-1)
