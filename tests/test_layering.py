@@ -18,7 +18,7 @@ PACKAGE = Path(tunesmith.__file__).parent
 
 # the layers, lowest first
 ORDER = ["foundation", "data", "checkpoint", "conditioning", "models", "generator", "generators", "eval",
-         "training", "cli"]
+         "training", "serve", "cli"]
 # a module belongs to the layer of its longest matching prefix
 PREFIXES: dict[str, tuple[str, ...]] = {
     "foundation": ("tunesmith.errors", "tunesmith.files", "tunesmith.config", "tunesmith.music",
@@ -34,6 +34,7 @@ PREFIXES: dict[str, tuple[str, ...]] = {
                  "tunesmith.codec.task", "tunesmith.codec.train", "tunesmith.codec.train_vae",
                  "tunesmith.codec.export", "tunesmith.codec.curves",
                  "tunesmith.clap.train", "tunesmith.clap.report"),
+    "serve": ("tunesmith.serve",),
     "cli": ("tunesmith.cli",),
 }
 
@@ -116,3 +117,18 @@ def test_load_with_no_name_is_the_default_generator():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["LatentDiffusionGenerator"] * 3 + ["tunesmith-small-dit"]
+
+
+def test_the_networks_import_no_text_encoder_and_no_corpus_tables():
+    """dit.py and lm/model.py need two widths (the clock's, the key's), not the text encoders,
+    transformers or the corpus's instrument and style tables behind the prompt parser."""
+    code = (
+        "import sys, tunesmith.diffusion.dit, tunesmith.lm.model\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('tunesmith', 'transformers')))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    loaded = set(out.stdout.split())
+    unwanted = [m for m in loaded if m.startswith(("transformers", "tunesmith.data", "tunesmith.conditioning.text",
+                                                   "tunesmith.conditioning.encoders",
+                                                   "tunesmith.conditioning.instruments"))]
+    assert not unwanted, f"the networks imported {unwanted}"

@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("tunesmith.cli.eval", "evaluate a generator on a prompt set and write a report"),
     "data": ("tunesmith.cli.data", "build the open corpus, index user audio, write shards"),
     "codec": ("tunesmith.cli.codec", "encode/decode audio with the neural codec, evaluate, cache or export it"),
+    "serve": ("tunesmith.cli.serve", "HTTP API and web page"),
 }
 
 # Errors that are the user's to fix, shown as one line.  OSError covers missing and
