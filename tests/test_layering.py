@@ -26,7 +26,7 @@ PREFIXES: dict[str, tuple[str, ...]] = {
     "data": ("tunesmith.data",),
     "checkpoint": ("tunesmith.checkpoint",),
     "conditioning": ("tunesmith.conditioning",),
-    "models": ("tunesmith.codec", "tunesmith.clap", "tunesmith.lm", "tunesmith.diffusion"),
+    "models": ("tunesmith.codec", "tunesmith.clap", "tunesmith.lm", "tunesmith.diffusion", "tunesmith.distill"),
     "generator": ("tunesmith.generator",),
     "generators": ("tunesmith.lm.generator", "tunesmith.diffusion.generator"),
     "eval": ("tunesmith.eval",),

@@ -95,6 +95,10 @@ def check_seeds(seed: int | list[int], batch: int) -> int | list[int]:
     return check_seed(seed)
 
 
+def _number(x: float | None, missing: str) -> str:
+    return missing if x is None else str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Control:
     """A generation control: the types its value may have and, for numbers, its range."""
@@ -113,7 +117,7 @@ class Control:
             if not math.isfinite(value):
                 raise ValueError(f"control '{name}' must be a finite number, got {value}")
             if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-                raise ValueError(f"control '{name}' must be in [{self.low:g}, {self.high:g}], got {value}")
+                raise ValueError(f"control '{name}' must be in [{_number(self.low, '-inf')}, {_number(self.high, 'inf')}], got {value}")
 
 
 def codec_sample_rate(codec: Any) -> int:
