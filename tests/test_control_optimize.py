@@ -112,3 +112,42 @@ def test_intensity_control_on_a_tiny_model(tiny_dit, curve):
     with torch.no_grad():
         achieved = loudness(sample_with_grad(denoiser, result.noise, sigmas))[0]
     assert torch.corrcoef(torch.stack([achieved, target]))[0, 1] > 0.9
+
+
+def test_generate_takes_noise_optimisation_controls_and_reports_them(tmp_path, capsys):
+    """The generator's controls and the CLI's flags: an intensity ramp is followed (correlation
+    in the sidecar), a bad curve is one line, and the token LM refuses the control by name."""
+    import json
+
+    from tunesmith.cli import main
+    from tunesmith.serve.testing import tiny_generator
+
+    model = tiny_generator(tmp_path / "tiny")
+    out = tmp_path / "ramp.wav"
+    assert main(["generate", "a slow waltz", "--model", str(model), "--duration", "1", "--steps", "4",
+                 "--intensity", "0:-27,1:-21", "--control-iterations", "30", "-o", str(out), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "ramp.wav.json").read_text())["control_report"]
+    first, last = report["optimisation_loss"]
+    assert last < first / 4 and report["intensity"]["correlation"] > 0.8
+    capsys.readouterr()
+    assert main(["generate", "x", "--model", str(model), "--duration", "1", "--intensity", "0:shouting",
+                 "-o", str(tmp_path / "no.wav"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shouting" in err and not (tmp_path / "no.wav").exists()
+    assert main(["generate", "x", "--model", "tunesmith-small", "--duration", "1", "--structure", "ABA",
+                 "-o", str(tmp_path / "lm.wav"), "--no-progress"]) == 2
+    assert "unknown controls for token-lm: structure" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("targets", [{"structure": "ABAB"}, {"loop": 0.25},
+                                     {"intensity": "0:-21,1:-27", "structure": "AB"}])
+def test_structure_loop_and_combined_controls_lower_their_loss(tiny_dit, targets):
+    generator, _ = tiny_dit
+    audio = generator.generate("a slow waltz", duration=1.0, seed=0, steps=4, control_iterations=20, control_lr=0.2,
+                               control_steps=4, **targets)
+    first, last = audio.info["control_report"]["optimisation_loss"]
+    assert first == pytest.approx(len(targets))  # each control starts at 1 (normalised by its own start)
+    assert last < first / 2
+    assert set(audio.info["control_report"]) == {"optimisation_loss", *targets}
+    plain = generator.generate("a slow waltz", duration=1.0, seed=0, steps=4)
+    assert plain.info == {} and not torch.equal(plain.samples, audio.samples)

@@ -7,7 +7,7 @@ carried beside it.  All file I/O goes through soundfile.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +28,7 @@ class Audio:
 
     samples: torch.Tensor
     sample_rate: int
+    info: dict = field(default_factory=dict)  # what made it, for the sidecar (e.g. the controls' report)
 
     def __post_init__(self) -> None:
         if not isinstance(self.samples, torch.Tensor):

@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (token-LM models)")
     p.add_argument("--top-k", type=int, default=None, help="top-k sampling (token-LM models)")
+    p.add_argument("--intensity", metavar="CURVE",
+                   help="loudness over time, e.g. '0:soft,5:loud,10:-30' (seconds:dBFS or word; diffusion models, "
+                        "by noise optimisation)")
+    p.add_argument("--structure", metavar="PATTERN", help="sections that repeat, e.g. AABA or 'A:4,B:8,A:4' (diffusion)")
+    p.add_argument("--loop", type=float, metavar="S", help="make the last S seconds repeat the first S: a loop (diffusion)")
+    p.add_argument("--control-iterations", type=int, metavar="N", default=None,
+                   help="noise-optimisation steps for --intensity/--structure/--loop (default 20)")
     p.add_argument("--format", choices=FORMATS, default=None, help="audio format (default: from the file name's suffix, else wav)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -147,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--duration must be > 0 seconds, got {args.duration:g}")
     paths, fmt = plan_outputs(args, prompts)
     generator = load_generator(args.model)
-    controls: dict[str, Any] = {name: getattr(args, name) for name in ("cfg", "steps", "temperature", "top_k")
+    controls: dict[str, Any] = {name: getattr(args, name) for name in ("cfg", "steps", "temperature", "top_k",
+                                                                       "intensity", "structure", "loop",
+                                                                       "control_iterations")
                                 if getattr(args, name) is not None}
     try:
         check_request(prompts, args.duration, generator.max_duration)
@@ -182,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             "melody": args.melody,
             "controls": {k: v for k, v in controls.items() if k != "melody"},
             "generation_seconds": round(seconds, 3),
+            **audio.info,  # e.g. each control's achieved loss and adherence
         }
         write_output(path, audio.samples[0], audio.sample_rate, fmt, sidecar)
         where = "stdout" if path is None else str(path)

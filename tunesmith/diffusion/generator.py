@@ -23,6 +23,8 @@ import torch
 
 from tunesmith.audio import Audio
 from tunesmith.conditioning.conditions import Conditioning, from_prompts
+from tunesmith.control.ditto import ControlLoss
+from tunesmith.control.optimize import optimize_noise
 from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser
 from tunesmith.diffusion.dit import DiT
 from tunesmith.diffusion.guidance import cfg_denoiser
@@ -58,7 +60,12 @@ class LatentDiffusionGenerator(Generator):
                 "cfg": Control((int, float), 0, 100), "cfg_rescale": Control((int, float), 0, 1),
                 "cfg_interval": Control((tuple, list)), "strength": Control((int, float), 0, 1),
                 "repaint_resample": Control(int, 1, 100), "init_audio": Control((Audio, str, Path)),
-                "mask": Control((list, tuple, torch.Tensor)), "unconditional": Control(bool)}
+                "mask": Control((list, tuple, torch.Tensor)), "unconditional": Control(bool),
+                # noise optimisation (DITTO): targets, and how hard to optimise towards them
+                "intensity": Control(str), "structure": Control(str), "loop": Control((int, float), 0.05, 600),
+                "control_iterations": Control(int, 1, 1000), "control_lr": Control((int, float), 1e-4, 10),
+                "control_steps": Control(int, 1, 100), "control_weights": Control(dict)}
+    NOISE_CONTROLS = ("intensity", "structure", "loop")
 
     def __init__(self, model: DiT, codec: LatentCodec, text_encoder: Any = None, *, text_encoder_name: str = "minilm",
                  latent_scale: float = 1.0, cfg: float = 4.0) -> None:
@@ -107,6 +114,46 @@ class LatentDiffusionGenerator(Generator):
                             duration=duration).to(self.device)
         return cond, cond.null()
 
+    def initial_noise(self, batch: int, frames: int, seed: int | list[int],
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """The unit-scale starting noise (B, D, frames) a seed (or one seed per row) gives."""
+        d = self.model.config.latent_dim
+        if isinstance(seed, list):
+            if len(seed) != batch:
+                raise ValueError(f"{len(seed)} seeds for a batch of {batch}")
+            return torch.cat([torch.randn(1, d, frames, generator=torch.Generator(device=self.device).manual_seed(s),
+                                          device=self.device) for s in seed])
+        generator = generator or torch.Generator(device=self.device).manual_seed(seed)
+        return torch.randn(batch, d, frames, generator=generator, device=self.device)
+
+    def optimized_noise(self, cond: Conditioning, uncond: Conditioning | None, frames: int, seed: int | list[int],
+                        duration: float, targets: dict[str, Any], *, cfg: float, iterations: int = 20,
+                        lr: float = 0.05, steps: int = 6, weights: dict[str, float] | None = None,
+                        progress: bool = False) -> tuple[torch.Tensor, ControlLoss, list[float]]:
+        """DITTO: the seed's starting noise, optimised (``iterations`` Adam steps through a
+        ``steps``-step DDIM sampler, guided, and the VAE) towards the ``targets``."""
+        loss = ControlLoss(targets, self.sample_rate, duration, weights)
+        b = cond.batch_size() or 1
+        denoiser = Denoiser(self.model, self.model.config.parameterization, self.model.config.sigma_data)
+        guided = cfg_denoiser(denoiser, cond.model_inputs(), None if uncond is None else uncond.model_inputs(), cfg)
+        samples = self.num_samples(duration)
+
+        def loss_of(latents: torch.Tensor) -> torch.Tensor:
+            return loss(self.codec.decode(latents / self.latent_scale)[..., :samples])
+
+        frozen = [p for p in (*self.model.parameters(), *self.codec.parameters()) if p.requires_grad]
+        for p in frozen:  # gradients for the noise only, none into the weights
+            p.requires_grad_(False)
+        try:
+            with torch.enable_grad():
+                result = optimize_noise(guided, get_sigmas("exponential", steps, 0.01, 80.0),
+                                        self.initial_noise(b, frames, seed), loss_of, iterations=iterations, lr=lr,
+                                        progress=progress)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        return result.noise, loss, result.losses
+
     @torch.no_grad()
     def generate_latents(
         self,
@@ -129,25 +176,22 @@ class LatentDiffusionGenerator(Generator):
         repaint_resample: int = 4,
         progress: bool = False,
         callback: StepCallback | None = None,
+        noise: torch.Tensor | None = None,
     ) -> LatentResult:
         """Model-scaled latents (B, D, frames).  ``keep_mask`` (B, 1, frames) = 1 where ``init_latents`` is kept.
 
         ``seed`` as a list gives each row its own initial noise, so row i equals a generation of
         that row alone with seed[i] (with a deterministic sampler: the default, DDIM, Euler and
-        Heun without churn); a stochastic sampler's later draws come from seed[0]."""
+        Heun without churn); a stochastic sampler's later draws come from seed[0].  ``noise``
+        (unit scale) replaces the seed's initial noise (an optimised one, say)."""
         b = cond.batch_size() or 1
         cond_in = cond.model_inputs()
         uncond_in = None if uncond is None else uncond.model_inputs()
         d = self.model.config.latent_dim
         seeds = seed if isinstance(seed, list) else None
         gen = torch.Generator(device=self.device).manual_seed(seeds[0] if seeds else seed)
-        if seeds is None:
-            noise = torch.randn(b, d, frames, generator=gen, device=self.device)
-        else:
-            if len(seeds) != b:
-                raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
-            noise = torch.cat([torch.randn(1, d, frames, generator=torch.Generator(device=self.device).manual_seed(s),
-                                           device=self.device) for s in seeds])
+        if noise is None:
+            noise = self.initial_noise(b, frames, seed, gen)
         if keep_mask is not None:
             if init_latents is None:
                 raise ValueError("a mask needs the reference audio it applies to (init_audio)")
@@ -200,6 +244,9 @@ class LatentDiffusionGenerator(Generator):
         seed = check_seeds(seed, len(items))
         init_audio, mask = controls.pop("init_audio", None), controls.pop("mask", None)
         unconditional = bool(controls.pop("unconditional", False))
+        targets = {name: controls.pop(name) for name in self.NOISE_CONTROLS if name in controls}
+        optimisation = {key: controls.pop(name) for key, name in (("iterations", "control_iterations"), ("lr", "control_lr"),
+                        ("steps", "control_steps"), ("weights", "control_weights")) if name in controls}
         frames = self.num_frames(duration)
         cond, uncond = self.conditioning(items, duration)
         if controls.get("cfg") is None:
@@ -215,9 +262,21 @@ class LatentDiffusionGenerator(Generator):
                 init_latents = torch.nn.functional.pad(init_latents, (0, frames - have))
         elif mask is not None:
             raise ValueError("a mask needs the reference audio it applies to (init_audio)")
+        noise, control_loss, losses = None, None, []
+        if targets:
+            if init_audio is not None:
+                raise ValueError("noise-optimisation controls (intensity, structure, loop) do not combine with init_audio")
+            noise, control_loss, losses = self.optimized_noise(cond, uncond, frames, seed, duration, targets,
+                                                               cfg=controls["cfg"], progress=progress, **optimisation)
+        elif optimisation:
+            raise ValueError(f"{', '.join('control_' + k for k in optimisation)} need a target: intensity, structure or loop")
         result = self.generate_latents(cond, uncond, frames, seed, init_latents=init_latents, keep_mask=keep,
-                                       progress=progress, callback=callback, **controls)
-        return self.decode_latents(result.latents, duration)
+                                       progress=progress, callback=callback, noise=noise, **controls)
+        audio = self.decode_latents(result.latents, duration)
+        if control_loss is not None:
+            audio.info["control_report"] = {"optimisation_loss": [round(losses[0], 6), round(losses[-1], 6)],
+                                      **control_loss.report(audio.samples)}
+        return audio
 
     def keep_mask(self, regenerate: Sequence[tuple[float, float]] | torch.Tensor | None, frames: int, have: int) -> torch.Tensor:
         """(1, 1, frames) float mask, 1 = keep: frames the reference covers and the user did not mark."""

@@ -1,0 +1,114 @@
+"""The controls a user asks for, as one loss over decoded audio: what DITTO optimises.
+
+    intensity="0:-30,5:-10,10:-30"   loudness curve (dBFS or words) over time
+    structure="AABA"                 sections that repeat ("A:4,B:8,A:4" with seconds)
+    loop=2.0                         the last 2 s repeat the first 2 s: trimmed, the clip loops
+    melody=<one-hot chroma>          follow a reference's melody (its dominant pitch class per frame)
+
+Each control's loss is divided by its value at the starting noise, so that controls of
+different units weigh the same, times its weight (default 1), and summed.  The report
+gives each control's raw loss and its own measure (correlation, accuracy, seam ratio)
+before and after, for the sidecar.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from tunesmith.control.features import (
+    intensity_loss,
+    intensity_target,
+    loop_seam_loss,
+    loudness_curve,
+    melody_loss,
+    pitch_class_accuracy,
+    pitch_class_distribution,
+    seam_ratio,
+    self_similarity,
+    structure_correlation,
+    structure_loss,
+    structure_target,
+)
+
+FEATURE_RATE = 20.0  # frames per second of every control feature
+CONTROL_NAMES = ("intensity", "structure", "loop", "melody")
+
+
+class ControlLoss:
+    """Build once per request; call on decoded audio (B, C, T) for the weighted, normalised sum."""
+
+    def __init__(self, controls: dict[str, Any], sample_rate: int, duration: float,
+                 weights: dict[str, float] | None = None) -> None:
+        unknown = set(controls) - set(CONTROL_NAMES)
+        if unknown:
+            raise ValueError(f"unknown noise-optimisation controls: {', '.join(sorted(unknown))}")
+        if not controls:
+            raise ValueError("no control to optimise for")
+        self.sample_rate, self.frames = sample_rate, int(duration * FEATURE_RATE)
+        if self.frames < 4:
+            raise ValueError(f"{duration:g} s is too short to control (at least {4 / FEATURE_RATE:g} s)")
+        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in controls}
+        self.targets: dict[str, Any] = {}
+        if "intensity" in controls:
+            self.targets["intensity"] = intensity_target(str(controls["intensity"]), self.frames, FEATURE_RATE)
+        if "structure" in controls:
+            self.targets["structure"] = structure_target(str(controls["structure"]), self.frames, FEATURE_RATE)
+        if "loop" in controls:
+            seconds = float(controls["loop"])
+            overlap = int(round(seconds * FEATURE_RATE))
+            if not 1 <= overlap <= self.frames // 2:
+                raise ValueError(f"loop {seconds:g} s must be between {1 / FEATURE_RATE:g} s and half the clip")
+            self.targets["loop"] = overlap
+        if "melody" in controls:
+            melody = controls["melody"]
+            if not (torch.is_tensor(melody) and melody.dim() == 3 and melody.shape[1] == 12):
+                raise ValueError("the melody target must be a (B, 12, F) one-hot chroma")
+            self.targets["melody"] = melody.float()
+        self.scale: dict[str, float] | None = None
+
+    def parts(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if "intensity" in self.targets:
+            curve = loudness_curve(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+            out["intensity"] = intensity_loss(curve, self.targets["intensity"][: curve.shape[-1]])
+        if "structure" in self.targets or "melody" in self.targets or "loop" in self.targets:
+            chroma = pitch_class_distribution(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+            if "structure" in self.targets:
+                out["structure"] = structure_loss(self_similarity(chroma), self.targets["structure"])
+            if "melody" in self.targets:
+                out["melody"] = melody_loss(chroma, self.targets["melody"])
+            if "loop" in self.targets:
+                out["loop"] = loop_seam_loss(chroma, self.targets["loop"])
+        return out
+
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        parts = self.parts(wav)
+        if self.scale is None:  # the first call is at the starting noise
+            self.scale = {name: max(float(value.detach()), 1e-8) for name, value in parts.items()}
+        return sum(self.weights[name] * value / self.scale[name] for name, value in parts.items())
+
+    @torch.no_grad()
+    def report(self, wav: torch.Tensor) -> dict[str, dict[str, float]]:
+        """Each control's raw loss and its own measure of adherence."""
+        parts = self.parts(wav)
+        out: dict[str, dict[str, float]] = {name: {"loss": round(float(v), 6)} for name, v in parts.items()}
+        if "intensity" in out:
+            curve = loudness_curve(wav, self.sample_rate, FEATURE_RATE)[0, : self.frames]
+            target = self.targets["intensity"][: curve.shape[-1]]
+            out["intensity"]["correlation"] = round(float(torch.corrcoef(torch.stack([curve, target]))[0, 1]), 4)
+        chroma = pitch_class_distribution(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+        if "structure" in out:
+            out["structure"]["correlation"] = round(structure_correlation(self_similarity(chroma), self.targets["structure"]), 4)
+        if "melody" in out:
+            out["melody"]["accuracy"] = round(pitch_class_accuracy(chroma, self.targets["melody"]), 4)
+        if "loop" in out:
+            overlap = self.targets["loop"]
+            out["loop"]["seam_ratio"] = round(seam_ratio(chroma[..., :-overlap]), 4)
+        return out
+
+
+def loss_over_latents(loss: Callable[[torch.Tensor], torch.Tensor],
+                      decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda latents: loss(decode(latents))
