@@ -13,7 +13,7 @@ before and after, for the sidecar.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -68,23 +68,31 @@ class ControlLoss:
             self.targets["melody"] = melody.float()
         self.scale: dict[str, float] | None = None
 
-    def parts(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the requested controls measure, each computed once: the loudness curve and the
+        per-frame pitch-class distribution (structure, melody and loop all read the latter)."""
         out: dict[str, torch.Tensor] = {}
         if "intensity" in self.targets:
-            curve = loudness_curve(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+            out["curve"] = loudness_curve(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+        if self.targets.keys() & {"structure", "melody", "loop"}:
+            out["chroma"] = pitch_class_distribution(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+        return out
+
+    def parts(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if "intensity" in self.targets:
+            curve = features["curve"]
             out["intensity"] = intensity_loss(curve, self.targets["intensity"][: curve.shape[-1]])
-        if "structure" in self.targets or "melody" in self.targets or "loop" in self.targets:
-            chroma = pitch_class_distribution(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
-            if "structure" in self.targets:
-                out["structure"] = structure_loss(self_similarity(chroma), self.targets["structure"])
-            if "melody" in self.targets:
-                out["melody"] = melody_loss(chroma, self.targets["melody"])
-            if "loop" in self.targets:
-                out["loop"] = loop_seam_loss(chroma, self.targets["loop"])
+        if "structure" in self.targets:
+            out["structure"] = structure_loss(self_similarity(features["chroma"]), self.targets["structure"])
+        if "melody" in self.targets:
+            out["melody"] = melody_loss(features["chroma"], self.targets["melody"])
+        if "loop" in self.targets:
+            out["loop"] = loop_seam_loss(features["chroma"], self.targets["loop"])
         return out
 
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
-        parts = self.parts(wav)
+        parts = self.parts(self.features(wav))
         if self.scale is None:  # the first call is at the starting noise
             self.scale = {name: max(float(value.detach()), 1e-8) for name, value in parts.items()}
         return sum(self.weights[name] * value / self.scale[name] for name, value in parts.items())
@@ -92,23 +100,17 @@ class ControlLoss:
     @torch.no_grad()
     def report(self, wav: torch.Tensor) -> dict[str, dict[str, float]]:
         """Each control's raw loss and its own measure of adherence."""
-        parts = self.parts(wav)
-        out: dict[str, dict[str, float]] = {name: {"loss": round(float(v), 6)} for name, v in parts.items()}
+        features = self.features(wav)
+        out: dict[str, dict[str, float]] = {name: {"loss": round(float(v), 6)} for name, v in self.parts(features).items()}
         if "intensity" in out:
-            curve = loudness_curve(wav, self.sample_rate, FEATURE_RATE)[0, : self.frames]
+            curve = features["curve"][0]
             target = self.targets["intensity"][: curve.shape[-1]]
             out["intensity"]["correlation"] = round(float(torch.corrcoef(torch.stack([curve, target]))[0, 1]), 4)
-        chroma = pitch_class_distribution(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
         if "structure" in out:
-            out["structure"]["correlation"] = round(structure_correlation(self_similarity(chroma), self.targets["structure"]), 4)
+            out["structure"]["correlation"] = round(structure_correlation(self_similarity(features["chroma"]),
+                                                                          self.targets["structure"]), 4)
         if "melody" in out:
-            out["melody"]["accuracy"] = round(pitch_class_accuracy(chroma, self.targets["melody"]), 4)
+            out["melody"]["accuracy"] = round(pitch_class_accuracy(features["chroma"], self.targets["melody"]), 4)
         if "loop" in out:
-            overlap = self.targets["loop"]
-            out["loop"]["seam_ratio"] = round(seam_ratio(chroma[..., :-overlap]), 4)
+            out["loop"]["seam_ratio"] = round(seam_ratio(features["chroma"][..., : -self.targets["loop"]]), 4)
         return out
-
-
-def loss_over_latents(loss: Callable[[torch.Tensor], torch.Tensor],
-                      decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda latents: loss(decode(latents))

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tunesmith.errors import UserError
 from tunesmith.files import atomic_path
@@ -58,21 +58,9 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
     naming the file (and line), never a bare parser error.
     """
     path = Path(path)
+    if path.suffix == ".jsonl":
+        return [row for _, row in jsonl_objects(path)]
     try:
-        if path.suffix == ".jsonl":
-            rows = []
-            with path.open(encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ManifestError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-                    if not isinstance(row, dict):
-                        raise ManifestError(f"{path}:{number}: expected a JSON object")
-                    rows.append(row)
-            return rows
         with path.open(encoding="utf-8", newline="") as f:
             # a row longer than the header puts its extra cells under None; drop them
             return [{k: v for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
@@ -88,6 +76,15 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     records = []
+    for number, record in jsonl_objects(path):
+        check_record(record, f"{path}:{number}")
+        records.append(record)
+    return records
+
+
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL file; a line that is not a JSON
+    object, or text that is not UTF-8, is a :class:`ManifestError` naming the file and line."""
     number = 0
     try:
         with path.open(encoding="utf-8") as f:
@@ -95,14 +92,14 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ManifestError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-                check_record(record, f"{path}:{number}")
-                records.append(record)
-    except UnicodeDecodeError:
-        raise ManifestError(f"{path}:{number + 1}: not UTF-8 text") from None
-    return records
+                if not isinstance(row, dict):
+                    raise ManifestError(f"{path}:{number}: expected a JSON object")
+                yield number, row
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}:{number + 1}: not UTF-8 text (byte {err.start})") from None
 
 
 def check_record(record: Any, where: str = "record") -> None:
