@@ -29,7 +29,7 @@ PREFIXES: dict[str, tuple[str, ...]] = {
     "models": ("tunesmith.codec", "tunesmith.clap", "tunesmith.lm", "tunesmith.diffusion", "tunesmith.distill",
                "tunesmith.control"),
     "generator": ("tunesmith.generator",),
-    "generators": ("tunesmith.lm.generator", "tunesmith.diffusion.generator"),
+    "generators": ("tunesmith.lm.generator", "tunesmith.diffusion.generator", "tunesmith.hub"),
     "eval": ("tunesmith.eval",),
     "training": ("tunesmith.train", "tunesmith.lm.train", "tunesmith.lm.data", "tunesmith.diffusion.train",
                  "tunesmith.codec.task", "tunesmith.codec.train", "tunesmith.codec.train_vae",

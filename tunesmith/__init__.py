@@ -28,12 +28,13 @@ def load(name_or_path: str | None = None, device: str = "cpu"):
     :class:`tunesmith.generator.Generator` (``.generate(prompts, duration=..., seed=...)``);
     any other model directory gives the ``nn.Module``.
     """
-    from tunesmith.checkpoint import load_model, read_directory_meta, resolve
+    from tunesmith.checkpoint import detect_format, load_model, read_directory_meta, resolve
 
     if name_or_path is None or str(name_or_path) == "default":
         name_or_path = DEFAULT_GENERATOR
     directory = resolve(name_or_path)
-    if "generator_type" in read_directory_meta(directory):
+    public = detect_format(directory) is not None or not (directory / "config.json").is_file()
+    if public or "generator_type" in read_directory_meta(directory):
         from tunesmith.generator import load_generator
 
         return load_generator(directory, device=device)

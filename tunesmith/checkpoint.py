@@ -47,8 +47,47 @@ GENERATOR_TYPE_MODULES: dict[str, str] = {  # generator_type -> "module:class"
     "token-lm": "tunesmith.lm.generator:TokenLMGenerator",
     "latent-diffusion": "tunesmith.diffusion.generator:LatentDiffusionGenerator",
 }
+# public layouts: format name -> "module:function(directory, device) -> Generator", imported on first use
+PUBLIC_FORMATS: dict[str, str] = {
+    "musicgen": "tunesmith.hub.musicgen:load_musicgen",
+    "stable-audio-open": "tunesmith.hub.stable_audio:load_stable_audio",
+}
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".th", ".ckpt", ".pkl")
 
 
+def _json_object(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def detect_format(directory: str | Path) -> str | None:
+    """The public format of a directory (a key of :data:`PUBLIC_FORMATS`), or None when it is
+    not one (a tunesmith directory, or something else)."""
+    directory = Path(directory)
+    index = _json_object(directory / "model_index.json")
+    if index is not None and index.get("_class_name") == "StableAudioPipeline":
+        return "stable-audio-open"
+    config = _json_object(directory / "config.json")
+    if config is not None and "generator_type" not in config:
+        if config.get("model_type") in ("musicgen", "musicgen_melody"):
+            return "musicgen"
+    return None
+
+
+def refuse_pickles(directory: str | Path) -> None:
+    """One line when a directory holds its weights only as pickles (which we never unpickle)."""
+    directory = Path(directory)
+    if any(directory.rglob("*.safetensors")):
+        return
+    pickles = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(f"{directory} holds its weights as pickles ({', '.join(pickles[:3])}), which can run code "
+                              "when loaded; tunesmith reads only safetensors: use the transformers/diffusers "
+                              "safetensors release of this model")
 
 
 def register_model(name: str, config_class: type) -> Callable[[type[M]], type[M]]:
@@ -145,12 +184,37 @@ DOWNLOADS_ENV = "TUNESMITH_ALLOW_DOWNLOADS"
 def downloads_allowed() -> bool:
     """Fetching from the Hugging Face Hub needs the user's explicit consent (this variable = 1):
     a model name can come from a file someone else wrote."""
-    return os.environ.get(DOWNLOADS_ENV, "") == "1" and os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true")
+    return os.environ.get(DOWNLOADS_ENV, "") == "1" and not hf_hub_offline()
+
+
+def hf_hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hf_cached_snapshot(repo_id: str) -> Path | None:
+    """The Hugging Face cache's snapshot of a repo, if one is there (never touches the network)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (or a malformed id): the caller says what to do
+        return None
+
+
+def hf_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:
+        return "~/.cache/huggingface/hub"
 
 
 def resolve(name_or_path: str | Path, *, allow_download: bool | None = None) -> Path:
-    """Find a model directory: a local path, a bundled name, or (with consent: ``allow_download``,
-    default :func:`downloads_allowed`) a Hugging Face repo id."""
+    """Find a model directory: a local path, a bundled name, a Hugging Face repo id already in the
+    local HF cache, or (with consent: ``allow_download``, default :func:`downloads_allowed`; never
+    under HF_HUB_OFFLINE) a repo id fetched from the Hub."""
     if not isinstance(name_or_path, (str, Path)):
         raise CheckpointError(f"a model is named by a string or a path, got {type(name_or_path).__name__}")
     text = str(name_or_path)
@@ -169,15 +233,23 @@ def resolve(name_or_path: str | Path, *, allow_download: bool | None = None) -> 
         if "/" in text or text.startswith((".", "~")):
             raise CheckpointError(f"no such model directory: {text}")
         raise CheckpointError(f"unknown model '{text}': not a directory and not a bundled model (bundled: {known})")
+    cached = hf_cached_snapshot(text)
+    if cached is not None:
+        return cached
+    where = f"not a directory, not a bundled model (bundled: {known}) and not in the Hugging Face cache ({hf_cache_dir()})"
+    if hf_hub_offline():
+        raise CheckpointError(f"unknown model '{text}': {where}; HF_HUB_OFFLINE is set, so download it elsewhere "
+                              f"with `hf download {text}` into that cache, or pass its directory")
     if not (downloads_allowed() if allow_download is None else allow_download):
-        raise CheckpointError(f"unknown model '{text}': no such directory and not a bundled model (bundled: {known}); "
-                              f"to fetch the Hugging Face repo '{text}', set {DOWNLOADS_ENV}=1")
+        raise CheckpointError(f"unknown model '{text}': {where}; download it with `hf download {text}` (it goes to "
+                              f"that cache), or set {DOWNLOADS_ENV}=1 to let tunesmith fetch it")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointError(f"fetching '{text}' needs huggingface_hub (pip install huggingface_hub)") from None
     try:
-        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*/*"]))
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*/*.json",
+                                                            "*/*.safetensors", "*.model", "*/*.model"]))
     except Exception as err:  # network or not-found: report, don't crash
         raise CheckpointError(f"could not fetch '{text}' from the Hugging Face Hub: {str(err)[:200]}") from None
 

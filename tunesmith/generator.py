@@ -31,11 +31,15 @@ import torch
 from tunesmith import DEFAULT_GENERATOR
 from tunesmith.audio import Audio, load_audio, resample, to_channels
 from tunesmith.checkpoint import (
+    CONFIG_FILE,
     GENERATOR_TYPE_MODULES,
+    PUBLIC_FORMATS,
     bundled_models,
+    detect_format,
     load_model,
     read_directory_meta,
     read_model_config,
+    refuse_pickles,
     resolve,
     save,
 )
@@ -288,6 +292,13 @@ def load_generator(name_or_path: str | Path | None = None, device: str = "cpu") 
     if name_or_path is None or str(name_or_path) == "default":
         name_or_path = DEFAULT_GENERATOR
     directory = resolve(name_or_path)
+    public = detect_format(directory)  # MusicGen (transformers), Stable Audio Open (diffusers)
+    if public is not None:
+        refuse_pickles(directory)
+        module_name, _, function = PUBLIC_FORMATS[public].partition(":")
+        return getattr(importlib.import_module(module_name), function)(directory, device)
+    if not (Path(directory) / CONFIG_FILE).is_file():
+        refuse_pickles(directory)  # audiocraft's own checkpoints are pickles: say so, not "no config.json"
     kind = read_directory_meta(directory).get("generator_type")
     if kind in _LOADERS:
         return _LOADERS[kind](directory, device)
