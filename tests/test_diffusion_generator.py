@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -250,3 +251,76 @@ def test_per_prompt_seeds_reproduce_single_generations_and_callbacks_report_step
         generator.generate("a waltz", duration=1.0, steps=5, callback=stop)
     with pytest.raises(ValueError, match="seed"):
         generator.generate(["a", "b"], duration=1.0, seed=[1])
+
+
+def test_keep_weights_are_one_on_kept_samples_and_a_raised_cosine_into_the_gap():
+    from tunesmith.diffusion.inpaint import keep_weights
+
+    kept = torch.tensor([1, 1, 0, 0, 0, 0, 1, 1], dtype=torch.bool).repeat_interleave(10)
+    w = keep_weights(kept, fade=8)
+    assert w[:20].eq(1).all() and w[60:].eq(1).all()  # kept: the user's samples, untouched
+    # distance d into the gap: 0.5 (1 + cos(pi d / 8)); d = 4 is the half point, d >= 8 is all generated
+    assert w[23].item() == pytest.approx(0.5) and w[56].item() == pytest.approx(0.5)
+    assert w[20].item() == pytest.approx(0.5 * (1 + math.cos(math.pi / 8)))
+    assert w[27:53].eq(0).all() and w[26] > 0
+    assert torch.equal(keep_weights(kept, fade=0), kept.float())
+
+
+def test_inpainting_and_outpainting_return_the_users_own_samples(generator):
+    ref = Audio(0.1 * torch.randn(1, 48000, generator=torch.Generator().manual_seed(1)), 24000)
+    out = generator.generate("a calm ending", duration=2.0, seed=0, steps=3, init_audio=ref, mask=[(0.8, 1.2)])
+    kept = torch.ones(48000, dtype=torch.bool)
+    kept[int(0.8 * 24000) : int(1.2 * 24000)] = False
+    assert torch.equal(out.samples[0, 0, kept], ref.samples[0, kept])  # bit for bit, not a VAE re-decode
+    gap = out.samples[0, 0, int(0.85 * 24000) : int(1.15 * 24000)]
+    assert (gap - ref.samples[0, int(0.85 * 24000) : int(1.15 * 24000)]).abs().mean() > 0.01  # regenerated
+    head = Audio(ref.samples[:, :24000], 24000)
+    out = generator.generate("a calm ending", duration=2.0, seed=0, steps=3, init_audio=head)
+    assert torch.equal(out.samples[0, 0, :24000], head.samples[0])
+    assert out.samples[0, 0, 24000 + 480 :].abs().max() > 0  # the continuation is generated
+
+
+def test_midi_melody_is_the_top_line_per_frame(tmp_path):
+    import mido
+
+    from tunesmith.conditioning.melody import melody_chroma
+
+    mid = mido.MidiFile(ticks_per_beat=480)  # 120 BPM: a beat is 0.5 s
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    # C4 alone for a beat; then E4 over a held C4 for a beat (top line: E); a beat of rest; a drum hit; G3
+    track += [mido.Message("note_on", note=60, velocity=80, time=0),
+              mido.Message("note_on", note=64, velocity=80, time=480),
+              mido.Message("note_off", note=64, time=480), mido.Message("note_off", note=60, time=0),
+              mido.Message("note_on", channel=9, note=36, velocity=100, time=480),
+              mido.Message("note_off", channel=9, note=36, time=0),
+              mido.Message("note_on", note=55, velocity=80, time=0), mido.Message("note_on", note=55, velocity=0, time=480)]
+    path = tmp_path / "tune.mid"
+    mid.save(path)
+    chroma = melody_chroma(path, frame_rate=10.0, num_frames=22)
+    top = [int(c.argmax()) if c.sum() > 0 else None for c in chroma[0].T]
+    assert top == [0] * 5 + [4] * 5 + [None] * 5 + [7] * 5 + [None] * 2
+    (tmp_path / "bad.mid").write_bytes(b"MThd not really")
+    with pytest.raises(ValueError, match="bad.mid is not a readable MIDI file"):
+        melody_chroma(tmp_path / "bad.mid", 10.0, 10)
+
+
+def test_a_melody_control_on_a_diffusion_model_raises_its_accuracy(generator, tmp_path):
+    """DITTO's melody control: a reference's dominant pitch class per frame, followed by optimising the noise."""
+    notes = torch.tensor([261.63, 329.63, 392.0, 523.25]).repeat_interleave(12000)  # C E G C, half a second each
+    ref = Audio(0.3 * torch.sin(2 * torch.pi * torch.cumsum(notes, 0) / 24000)[None], 24000)
+    out = generator.generate("a tune", duration=2.0, seed=0, steps=3, melody=ref, control_iterations=8,
+                             control_lr=0.3, control_steps=3)
+    report = out.info["control_report"]
+    first, last = report["optimisation_loss"]
+    assert last < first  # the loss went down
+    assert 0.0 <= report["melody"]["accuracy"] <= 1.0 and report["melody"]["loss"] > 0
+    with pytest.raises(ValueError, match="do not combine with init_audio"):
+        generator.generate("a tune", duration=2.0, seed=0, melody=ref, init_audio=ref)
+
+
+def test_a_controlled_generation_reports_one_count_over_optimisation_and_sampling(generator):
+    seen = []
+    generator.generate("x", duration=1.0, seed=0, steps=3, intensity="0:-30,1:-10", control_iterations=2,
+                       control_steps=2, callback=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]

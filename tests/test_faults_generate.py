@@ -297,7 +297,8 @@ def test_a_melody_for_a_model_that_takes_none_is_never_read(tmp_path, capsys, mo
     monkeypatch.setattr(tunesmith.audio, "load_audio", must_not_read)
     huge = tmp_path / "two-hours.wav"
     huge.write_bytes(b"RIFF")  # never opened
-    status, err = run_cli(capsys, "generate", "a waltz", "--melody", str(huge), "-o", str(tmp_path / "x.wav"), *FAST)
+    status, err = run_cli(capsys, "generate", "a waltz", "--melody", str(huge), "--model", "tunesmith-small", "-o",
+                          str(tmp_path / "x.wav"), *FAST)
     assert status == 2 and one_line(err) and "takes no melody" in err
 
 

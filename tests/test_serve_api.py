@@ -20,13 +20,13 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from tunesmith.cli import main  # noqa: E402
 from tunesmith.generator import load_generator  # noqa: E402
-from tunesmith.serve import ServeSettings, create_app  # noqa: E402
+from tunesmith.serve import ServeSettings, create_app, results  # noqa: E402
 from tunesmith.serve.testing import free_port, tiny_generator  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LIMITS = dict(max_duration=4.0, max_steps=20, sync_max_duration=2.0, max_upload_bytes=200_000,
-              max_upload_seconds=3.0, max_prompt_chars=200, poll_interval_s=0.02)
+LIMITS = dict(max_duration=4.0, max_steps=20, max_control_iterations=3, sync_max_duration=2.0,
+              max_upload_bytes=200_000, max_upload_seconds=3.0, max_prompt_chars=200, poll_interval_s=0.02)
 PCM16 = 2 / 32768  # what a 16-bit WAV or FLAC may differ from the float audio by
 
 
@@ -84,6 +84,24 @@ def wav_bytes(seconds: float, rate: int = 24000, fmt: str = "WAV") -> bytes:
     return buffer.getvalue()
 
 
+def midi_bytes(seconds: float = 1.0, notes: bool = True) -> bytes:
+    """A one-track MIDI file: a rising line of quarter notes at 120 BPM over ``seconds``
+    (or, without ``notes``, only drum hits: nothing pitched to follow)."""
+    import mido
+
+    track = mido.MidiTrack()
+    beats = int(seconds * 2)
+    for i in range(beats):
+        channel, note = (0, 60 + 2 * i) if notes else (9, 36)
+        track.append(mido.Message("note_on", note=note, velocity=80, channel=channel, time=0))
+        track.append(mido.Message("note_off", note=note, velocity=0, channel=channel, time=480))
+    song = mido.MidiFile(ticks_per_beat=480)
+    song.tracks.append(track)
+    buffer = io.BytesIO()
+    song.save(file=buffer)
+    return buffer.getvalue()
+
+
 def decode(content: bytes) -> tuple[np.ndarray, int]:
     data, rate = sf.read(io.BytesIO(content), dtype="float32", always_2d=True)
     return data.T, rate
@@ -109,13 +127,19 @@ def test_health_models_and_docs(client, model_dir):
     [info] = models["data"]
     assert info["type"] == "latent-diffusion" and info["sample_rate"] == 24000
     assert info["max_duration"] == 4.0  # min(the model's 8 s, this server's 4 s)
-    assert info["controls"]["steps"]["high"] == 1000 and info["audio_inputs"] == ["init_audio"]
+    assert info["controls"]["steps"]["high"] == 1000
+    assert info["audio_inputs"] == ["init_audio", "intensity", "melody"]  # melody, intensity: noise optimisation
+    assert {"intensity", "structure", "loop", "control_iterations"} <= set(info["controls"])
     schema = client.get("/openapi.json").json()
     assert {"/v1/generations", "/v1/generations/{job_id}", "/v1/generations/{job_id}/events",
             "/v1/generations/{job_id}/audio", "/v1/audio/music", "/v1/models", "/health"} <= set(schema["paths"])
     body = schema["paths"]["/v1/generations"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
     assert body["application/json"]["schema"]["properties"]["duration"]["maximum"] == 4.0
+    form = body["multipart/form-data"]["schema"]["properties"]
+    assert [kind.get("format", kind["type"]) for kind in form["intensity"]["anyOf"]] == ["string", "binary"]
+    assert all(form[name]["format"] == "binary" for name in ("melody", "init_audio", "prompt_audio"))
+    assert body["application/json"]["schema"]["properties"]["control_iterations"]["anyOf"][0]["maximum"] == 3
     assert "422" not in json.dumps(schema["paths"])
     assert client.get("/docs").status_code == 200
 
@@ -213,6 +237,30 @@ BAD_REQUESTS = [
     ("control the model lacks", {"json": {"prompt": "x", "duration": 1, "temperature": 0.5}}, 400, "temperature"),
     ("mask without audio", {"json": {"prompt": "x", "duration": 1, "mask": [[0, 0.5]]}}, 400, "needs init_audio"),
     ("backwards mask", {"json": {"prompt": "x", "duration": 1, "mask": [[0.5, 0.1]]}}, 400, "start < end"),
+    # noise optimisation (DITTO): parsed and checked before any work, each error naming its field
+    ("control_iterations over limit", {"json": {"prompt": "x", "duration": 1, "intensity": "0:soft",
+                                                "control_iterations": 4}}, 400,
+     "control_iterations 4 is beyond this server's limit of 3"),
+    ("control_iterations zero", {"json": {"prompt": "x", "duration": 1, "control_iterations": 0}}, 400,
+     "control_iterations"),
+    ("control_iterations alone", {"json": {"prompt": "x", "duration": 1, "control_iterations": 2}}, 400,
+     "control_iterations needs a target"),
+    ("bad intensity level", {"json": {"prompt": "x", "duration": 1, "intensity": "0:shouty"}}, 400,
+     "intensity: cannot read the level 'shouty'"),
+    ("intensity without times", {"json": {"prompt": "x", "duration": 1, "intensity": "loud"}}, 400,
+     "intensity point 'loud'"),
+    ("intensity as a path", {"json": {"prompt": "x", "duration": 1, "intensity": "0:../../secret.wav"}}, 400,
+     "upload it as the intensity file"),
+    ("intensity too long", {"json": {"prompt": "x", "duration": 1, "intensity": "0:soft," * 200}}, 400,
+     "intensity"),
+    ("unknown structure letters", {"json": {"prompt": "x", "duration": 1, "structure": "AB?A"}}, 400,
+     "cannot read the structure"),
+    ("structure of one section", {"json": {"prompt": "x", "duration": 1, "structure": "A"}}, 400,
+     "structure: a structure needs at least two sections"),
+    ("loop over half the clip", {"json": {"prompt": "x", "duration": 1, "loop": 0.8}}, 400,
+     "loop 0.8 s must be between"),
+    ("loop negative", {"json": {"prompt": "x", "duration": 1, "loop": -1}}, 400, "loop"),
+    ("too short to control", {"json": {"prompt": "x", "duration": 0.1, "structure": "AB"}}, 400, "too short"),
     ("wrong content type", {"content": b"prompt=x", "headers": {"content-type": "text/plain"}}, 415, "text/plain"),
     ("body over the limit", {"content": b"x", "headers": {"content-type": "application/json",
                                                          "content-length": str(10**9)}}, 413, "over"),
@@ -278,7 +326,11 @@ def test_bad_uploads_are_refused_before_any_work(client, settings):
         ({"init_audio": ("a.wav", big, "audio/wav")}, 413, "limit is 0.2 MB"),
         ({"init_audio": ("a.flac", wav_bytes(3.5, rate=8000, fmt="FLAC"), "audio/flac")}, 413, "limit is 3 s"),
         ({"init_audio": ("a.wav", b"RIFF but not really audio", "audio/wav")}, 400, "not an audio file"),
-        ({"melody": ("a.wav", wav_bytes(0.5), "audio/wav")}, 400, "takes no melody"),
+        ({"prompt_audio": ("a.wav", wav_bytes(0.5), "audio/wav")}, 400, "takes no prompt_audio"),
+        ({"init_audio": ("a.mid", midi_bytes(), "audio/midi")}, 400, "only as the melody"),
+        ({"melody": ("a.mid", b"MThd" + b"\x00" * 40, "audio/midi")}, 400, "not a MIDI file we can read"),
+        ({"melody": ("a.mid", midi_bytes(notes=False), "audio/midi")}, 400, "no pitched notes"),
+        ({"melody": ("a.mid", midi_bytes(seconds=4.0), "audio/midi")}, 413, "limit is 3 s"),
         ({"other": ("a.wav", wav_bytes(0.5), "audio/wav")}, 400, "unexpected file field"),
     ]
     for files, status, fragment in cases:
@@ -294,6 +346,79 @@ def test_bad_uploads_are_refused_before_any_work(client, settings):
     assert_error(client.post("/v1/generations", data=form, files={"init_audio": ("s.wav", silent.getvalue())}), 400,
                  "silent")
     assert set(settings.uploads_dir.iterdir()) == before  # nothing kept
+
+
+# -- noise optimisation (DITTO) --------------------------------------------------------------------------
+
+def loudness_ramp(seconds: float = 1.0, rate: int = 24000) -> bytes:
+    """A tone that swells from quiet to loud: a recording whose loudness to follow."""
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, (np.linspace(0.01, 0.5, t.size) * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate,
+             format="WAV")
+    return buffer.getvalue()
+
+
+def test_a_ditto_job_reports_each_control_and_reproduces(client, generator, settings):
+    controls = {"steps": 3, "intensity": "0:soft, 1:loud", "control_iterations": 2}
+    response = client.post("/v1/generations", json={"prompt": "a swelling drone", "duration": 1.0, "seed": 5,
+                                                      **controls})
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["controls"] == controls and job["inputs"] == [] and job["batch_size"] == 1
+    report = job["info"]["control_report"]
+    assert set(report) == {"optimisation_loss", "intensity"}
+    assert isinstance(report["intensity"]["correlation"], float) and report["intensity"]["loss"] >= 0
+    sidecar = json.loads((settings.results_dir / f"{job['id']}.wav.json").read_text())
+    assert sidecar["control_report"] == report and sidecar["controls"] == controls  # as the CLI's sidecar
+    assert results.info_of(sidecar) == job["info"]  # what a restart recovers of a result whole on disk
+    samples, _ = decode(client.get(job["urls"]["audio"]).content)
+    alone = generator.generate("a swelling drone", 1.0, 5, **controls)
+    assert np.abs(samples - alone.samples[0].numpy()).max() <= PCM16 + 1e-4
+    assert alone.info["control_report"] == report
+
+    # no control_iterations: the model's default (20) is above this server's limit (3), which caps it, on record
+    capped = wait(client, client.post("/v1/generations", json={"prompt": "x", "duration": 1.0, "steps": 2,
+                                                                "structure": "AB", "loop": 0.2}).json()["id"])
+    assert capped["status"] == "succeeded", capped["error"]
+    assert capped["controls"] == {"steps": 2, "structure": "AB", "loop": 0.2, "control_iterations": 3}
+    assert {"structure", "loop"} <= set(capped["info"]["control_report"])
+    plain = wait(client, client.post("/v1/generations", json={"prompt": "x", "duration": 0.5, "steps": 2}).json()["id"])
+    assert plain["info"] == {}
+
+
+def test_intensity_and_melody_as_uploads(client, settings):
+    form = {"prompt": "a swelling drone", "duration": "1", "steps": "2", "control_iterations": "2", "seed": "1"}
+    response = client.post("/v1/generations", data=form,
+                           files={"intensity": ("ramp.wav", loudness_ramp(), "audio/wav")})
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["inputs"] == ["intensity"] and "intensity" not in job["controls"]
+    assert isinstance(job["info"]["control_report"]["intensity"]["correlation"], float)
+
+    before = {p.name for p in settings.uploads_dir.iterdir()}
+    response = client.post("/v1/generations", data={**form, "intensity": "0:soft, 1:loud"},  # as in docs/serving.md
+                           files={"melody": ("tune.mid", midi_bytes(), "audio/midi")})
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["inputs"] == ["melody"] and job["controls"]["intensity"] == "0:soft, 1:loud"
+    assert 0 <= job["info"]["control_report"]["melody"]["accuracy"] <= 1 and "intensity" in job["info"]["control_report"]
+    [stored] = {p.name for p in settings.uploads_dir.iterdir()} - before
+    assert stored.endswith(".mid") and len(stored) == 36
+
+    twice = client.post("/v1/generations", data={**form, "intensity": "0:soft,1:loud"},
+                        files={"intensity": ("ramp.wav", loudness_ramp(), "audio/wav")})
+    assert_error(twice, 400, "intensity is given twice, as text and as a file")
+    empty_text = client.post("/v1/generations", data={**form, "intensity": ""},  # an empty field is not given
+                             files={"intensity": ("ramp.wav", loudness_ramp(), "audio/wav")})
+    assert empty_text.status_code == 202, empty_text.text
+    wait(client, empty_text.json()["id"])
+    with_init = client.post("/v1/generations", data={**form, "intensity": "0:soft,1:loud"},
+                            files={"init_audio": ("a.wav", wav_bytes(1.0), "audio/wav")})
+    assert_error(with_init, 400, "do not combine with init_audio")
 
 
 # -- API key -----------------------------------------------------------------------------------------------
@@ -410,7 +535,25 @@ def test_only_jobs_a_batch_reproduces_may_share_one():
 
     assert batchable(job(steps=4)) and batchable(job(sampler="euler"))
     assert not batchable(job(sampler="dpmpp-3m-sde"))  # its later noise comes from the batch's first seed
+    noise = ("intensity", "structure", "loop", "melody")  # the DiT's noise-optimisation targets: run alone
+    assert not batchable(job(intensity="0:soft"), noise) and not batchable(job(loop=1.0), noise)
+    melody = job(steps=4)
+    melody.inputs = {"melody": "0" * 32 + ".mid"}
+    assert not batchable(melody, noise) and batchable(melody)  # a melody LM batches it (one conditioning)
     assert job(steps=4).batch_key != job(steps=5).batch_key
+
+
+def test_ditto_jobs_with_equal_controls_run_alone(gated):
+    client, gen, _ = gated
+    first = post(client, steps=2)
+    assert gen.waiting.wait(60)  # held: what follows queues up behind it
+    ditto = [post(client, prompt=f"a swell, take {i}", seed=i, intensity="0:soft,1:loud", control_iterations=2)
+             for i in range(2)]
+    gen.gate.set()
+    done = [wait(client, j["id"]) for j in [first, *ditto]]
+    assert [j["status"] for j in done] == ["succeeded"] * 3
+    assert [j["batch_size"] for j in done] == [1, 1, 1]
+    assert all("control_report" in j["info"] for j in done[1:])
 
 
 def test_cancel_stops_a_running_job_at_its_next_step(gated):

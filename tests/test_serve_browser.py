@@ -89,7 +89,11 @@ def test_a_person_generates_music_on_the_page(tmp_path, model_dir):
             expect(page.get_by_label("Sampler", exact=True)).to_be_visible()
             expect(page.get_by_label("Temperature", exact=True)).to_be_hidden()  # a token-LM setting
             expect(page.get_by_label("Start from audio (init_audio)")).to_be_visible()
-            expect(page.get_by_label("Melody to follow")).to_be_hidden()
+            expect(page.get_by_label("Melody to follow")).to_be_visible()  # a DiT follows one by noise optimisation
+            expect(page.get_by_label("Audio to continue (prompt_audio)")).to_be_hidden()  # a token-LM input
+            for label in ("Intensity (loudness over time)", "Structure", "Loop (s)", "Control iterations",
+                          "Loudness to follow (intensity)"):
+                expect(page.get_by_label(label, exact=True)).to_be_visible()
 
             # an error from the API is one line on the page (steps over this server's limit of 200)
             page.get_by_label("Prompt", exact=True).fill("a short test")
@@ -113,10 +117,29 @@ def test_a_person_generates_music_on_the_page(tmp_path, model_dir):
             first_job = page.evaluate("async () => (await fetch('/v1/generations/' + location.hash.slice(1))).json()")
             assert first_job["inputs"] == ["init_audio"], first_job
             assert first_job["controls"] == {"steps": 20, "strength": 0.6, "mask": [[0.2, 0.6]]}, first_job
-            expect(page.locator("#cli-note")).to_contain_text("strength=0.6")
+            line = page.get_by_label("Reproduce from the CLI").inner_text()
+            for flag in ("--strength 0.6", "--inpaint 0.2:0.6", "--init-audio INIT_AUDIO.wav", "--steps 20"):
+                assert flag in line, line
+            expect(page.locator("#cli-note")).to_contain_text("INIT_AUDIO.wav: the file you uploaded")
             page.get_by_label("Start from audio (init_audio)").set_input_files([])
             page.get_by_label("Strength").fill("")
             page.get_by_label("Regions to redo (s)").fill("")
+
+            # noise optimisation: a loudness curve, followed in 2 iterations; the CLI line says how
+            page.get_by_label("Prompt", exact=True).fill("a swelling drone")
+            page.get_by_label("Duration (s)", exact=True).fill("1")
+            page.get_by_label("Steps", exact=True).fill("4")
+            page.get_by_label("Intensity (loudness over time)", exact=True).fill("0:soft, 1:loud")
+            page.get_by_label("Control iterations", exact=True).fill("2")
+            page.get_by_role("button", name="Generate").click()
+            expect(page.get_by_role("status")).to_contain_text("Done", timeout=60_000)
+            expect(error).to_be_hidden()
+            page.wait_for_function(PLAYER_READY, timeout=30_000)
+            line = page.get_by_label("Reproduce from the CLI").inner_text()
+            assert "--intensity '0:soft, 1:loud'" in line and "--control-iterations 2" in line, line
+            expect(page.locator("#summary")).to_contain_text("intensity correlation")
+            page.get_by_label("Intensity (loudness over time)", exact=True).fill("")
+            page.get_by_label("Control iterations", exact=True).fill("")
 
             # the generation the test is about: prompt, duration, seed, steps; click Generate
             page.evaluate("window.__progress = []")
@@ -139,7 +162,7 @@ def test_a_person_generates_music_on_the_page(tmp_path, model_dir):
             assert fractions == sorted(fractions) and fractions[-1] == 1, seen
 
             check_result(page)
-            assert page.locator("#recent-list li").count() == 2
+            assert page.locator("#recent-list li").count() == 3
             first = page.locator("#recent-list li").first
             expect(first).to_contain_text(PROMPT)
             expect(first).to_contain_text("succeeded")

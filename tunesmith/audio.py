@@ -88,6 +88,9 @@ def check_audio(wav: torch.Tensor, name: str = "audio", *, allow_silent: bool = 
         raise AudioError(f"{name} is silent")
 
 
+# what load_audio reads (libsndfile; mp3 and opus where its build has them), by file suffix
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
+
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
            "mp3": ("MP3", "MPEG_LAYER_III")}  # name -> soundfile's format and subtype
 

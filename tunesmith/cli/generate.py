@@ -38,18 +38,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same audio")
     p.add_argument("--model", default=DEFAULT_GENERATOR, help=f"bundled name or model directory (default {DEFAULT_GENERATOR})")
-    p.add_argument("--melody", metavar="REF", help="audio file whose melody to follow (token-LM models)")
+    p.add_argument("--adapter-scale", type=float, default=None, metavar="S",
+                   help="with a LoRA adapter as --model: the strength of its update (0: the base; default 1)")
+    p.add_argument("--melody", metavar="REF",
+                   help="audio or MIDI file whose melody to follow (melody token LMs; diffusion models by noise optimisation)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (model default if unset)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (token-LM models)")
     p.add_argument("--top-k", type=int, default=None, help="top-k sampling (token-LM models)")
     p.add_argument("--intensity", metavar="CURVE",
-                   help="loudness over time, e.g. '0:soft,5:loud,10:-30' (seconds:dBFS or word; diffusion models, "
-                        "by noise optimisation)")
+                   help="loudness over time, e.g. '0:soft,5:loud,10:-30' (seconds:dBFS or word), or an audio file "
+                        "whose loudness to follow (diffusion models, by noise optimisation)")
     p.add_argument("--structure", metavar="PATTERN", help="sections that repeat, e.g. AABA or 'A:4,B:8,A:4' (diffusion)")
     p.add_argument("--loop", type=float, metavar="S", help="make the last S seconds repeat the first S: a loop (diffusion)")
+    p.add_argument("--clap", metavar="TEXT", help="make it sound like TEXT by tunesmith's CLAP (diffusion models, "
+                                                   "by noise optimisation; with --unconditional, text control of the "
+                                                   "unconditional model)")
+    p.add_argument("--unconditional", action="store_true", default=None,
+                   help="ignore the prompt's text (diffusion models): a baseline, or for --clap")
     p.add_argument("--control-iterations", type=int, metavar="N", default=None,
-                   help="noise-optimisation steps for --intensity/--structure/--loop (default 20)")
+                   help="noise-optimisation steps for --intensity/--structure/--loop/--melody/--clap (default 20)")
+    p.add_argument("--init-audio", metavar="FILE",
+                   help="start from this audio: audio-to-audio at --strength; with --inpaint, regenerate only those "
+                        "regions; shorter than --duration, continue it (outpainting) (diffusion models)")
+    p.add_argument("--strength", type=float, default=None, help="how much of --init-audio to change, 0-1 (default 0.7)")
+    p.add_argument("--inpaint", metavar="START:END", action="append",
+                   help="seconds of --init-audio to regenerate, e.g. 4:6 (repeatable); the rest is kept as it is")
     p.add_argument("--format", choices=FORMATS, default=None, help="audio format (default: from the file name's suffix, else wav)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -135,12 +149,25 @@ def plan_outputs(args: argparse.Namespace, prompts: list[str]) -> tuple[list[Pat
     return paths, fmt
 
 
+def parse_region(text: str) -> tuple[float, float]:
+    """'4:6' -> (4.0, 6.0): seconds to regenerate."""
+    start, sep, end = text.partition(":")
+    try:
+        region = (float(start), float(end))
+    except ValueError:
+        region = None
+    if not sep or region is None or not (0 <= region[0] < region[1] < float("inf")):
+        raise UserError(f"--inpaint {text!r}: expected START:END in seconds with 0 <= START < END, e.g. 4:6")
+    return region
+
+
 def _slug(text: str, limit: int = 40) -> str:
     keep = "".join(c if c.isalnum() else "-" for c in text.lower())
     return "-".join(filter(None, keep.split("-")))[:limit] or "prompt"
 
 
 def run(args: argparse.Namespace) -> int:
+    from tunesmith.conditioning.melody import MIDI_SUFFIXES
     from tunesmith.generator import check_request, check_seed, load_generator
 
     if args.prompt and args.prompts:
@@ -153,21 +180,35 @@ def run(args: argparse.Namespace) -> int:
     if not (args.duration > 0) or args.duration == float("inf"):
         raise UserError(f"--duration must be > 0 seconds, got {args.duration:g}")
     paths, fmt = plan_outputs(args, prompts)
-    generator = load_generator(args.model)
+    if args.adapter_scale is not None:
+        from tunesmith.adapters.generator import check_scale
+
+        try:
+            check_scale(args.adapter_scale)
+        except ValueError as err:
+            raise UserError(f"--adapter-scale: {err}") from None
+    generator = load_generator(args.model, adapter_scale=args.adapter_scale)
     controls: dict[str, Any] = {name: getattr(args, name) for name in ("cfg", "steps", "temperature", "top_k",
                                                                        "intensity", "structure", "loop",
-                                                                       "control_iterations")
+                                                                       "control_iterations", "strength", "init_audio",
+                                                                       "clap", "unconditional")
                                 if getattr(args, name) is not None}
+    if args.inpaint:
+        if args.init_audio is None:
+            raise UserError("--inpaint needs the audio it applies to (--init-audio FILE)")
+        controls["mask"] = [parse_region(text) for text in args.inpaint]
     try:
         check_request(prompts, args.duration, generator.max_duration)
         check_seed(args.seed)
         if args.melody and not generator.accepts("melody"):
             raise UserError(f"the model '{args.model}' takes no melody (--melody needs a melody-conditioned "
-                            "token LM); nothing was read or written")
+                            "token LM or a diffusion model); nothing was read or written")
         generator.check_controls({**controls, **({"melody": args.melody} if args.melody else {})})
     except ValueError as err:
         raise UserError(str(err)) from None
-    if args.melody:  # only what the output needs of it: a 2-hour file costs seconds, not gigabytes
+    if args.melody and Path(args.melody).suffix.lower() in MIDI_SUFFIXES:
+        controls["melody"] = args.melody  # read by the model, at its own frame rate
+    elif args.melody:  # only what the output needs of it: a 2-hour file costs seconds, not gigabytes
         from tunesmith.audio import load_audio
 
         controls["melody"] = load_audio(args.melody, sample_rate=generator.sample_rate, channels=1,
@@ -191,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
             "melody": args.melody,
             "controls": {k: v for k, v in controls.items() if k != "melody"},
             "generation_seconds": round(seconds, 3),
+            **({"adapter": generator.adapter} if hasattr(generator, "adapter") else {}),  # a LoRA adapter: its base, strength
             **audio.info,  # e.g. each control's achieved loss and adherence
         }
         write_output(path, audio.samples[0], audio.sample_rate, fmt, sidecar)

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="longest audio a job may ask for, s (default 60)")
     p.add_argument("--max-steps", type=int, metavar="N", default=200,
                    help="most sampler steps a job may ask for (default 200)")
+    p.add_argument("--max-control-iterations", type=int, metavar="N", default=100,
+                   help="most noise-optimisation iterations a job may ask for (intensity, structure, loop, melody "
+                        "on diffusion models; each costs a few sampler steps; default 100)")
     p.add_argument("--sync-max-duration", type=float, metavar="S", default=15.0,
                    help="longest clip of POST /v1/audio/music, s (default 15)")
     p.add_argument("--max-upload-mb", type=float, metavar="MB", default=20.0,
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
             api_key=api_key_from(args.api_key), workers=args.workers, max_queue=args.max_queue,
             torch_threads=args.torch_threads or max(1, (os.cpu_count() or 1) // workers),
             batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_duration=args.max_duration,
-            max_steps=args.max_steps, sync_max_duration=args.sync_max_duration,
+            max_steps=args.max_steps, max_control_iterations=args.max_control_iterations,
+            sync_max_duration=args.sync_max_duration,
             max_upload_bytes=int(args.max_upload_mb * 1e6), max_upload_seconds=args.max_upload_seconds,
             result_ttl_s=args.result_ttl, queue_url=args.queue, lease_s=args.lease,
             max_attempts=args.max_attempts if args.max_attempts is not None else (2 if args.queue else 1),

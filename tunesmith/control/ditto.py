@@ -1,9 +1,11 @@
 """The controls a user asks for, as one loss over decoded audio: what DITTO optimises.
 
-    intensity="0:-30,5:-10,10:-30"   loudness curve (dBFS or words) over time
+    intensity="0:-30,5:-10,10:-30"   loudness curve (dBFS or words) over time, or a dB curve
     structure="AABA"                 sections that repeat ("A:4,B:8,A:4" with seconds)
     loop=2.0                         the last 2 s repeat the first 2 s: trimmed, the clip loops
     melody=<one-hot chroma>          follow a reference's melody (its dominant pitch class per frame)
+    clap="a solo cello"              sound like a text, by tunesmith's CLAP (text control of a model
+                                     that was not given the text, e.g. the unconditional one)
 
 Each control's loss is divided by its value at the starting noise, so that controls of
 different units weigh the same, times its weight (default 1), and summed.  The report
@@ -27,20 +29,37 @@ from tunesmith.control.features import (
     pitch_class_distribution,
     seam_ratio,
     self_similarity,
+    spectral_frames,
     structure_correlation,
     structure_loss,
     structure_target,
 )
 
 FEATURE_RATE = 20.0  # frames per second of every control feature
-CONTROL_NAMES = ("intensity", "structure", "loop", "melody")
+CONTROL_NAMES = ("intensity", "structure", "loop", "melody", "clap")
+CLAP_MODEL = "clap-24k"  # the bundled CLAP the text control scores with
+
+
+def clap_audio_embedding(clap: Any, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """(B, C, T) audio -> (B, E) unit CLAP embeddings, differentiable in the audio (consecutive
+    windows fused as the CLAP model fuses them; a rate change by linear interpolation, which is
+    enough for an embedding and keeps the gradient)."""
+    mono = wav.mean(dim=1) if wav.dim() == 3 else wav
+    rate = clap.config.sample_rate
+    if sample_rate != rate:
+        size = max(1, round(mono.shape[-1] * rate / sample_rate))
+        mono = torch.nn.functional.interpolate(mono[:, None], size=size, mode="linear", align_corners=False)[:, 0]
+    window = clap.config.window_samples
+    count = max(1, mono.shape[-1] // window + (1 if mono.shape[-1] % window >= window // 2 else 0))
+    mono = torch.nn.functional.pad(mono, (0, max(0, count * window - mono.shape[-1])))[:, : count * window]
+    return clap.audio_embedding(mono.reshape(mono.shape[0], count, window))
 
 
 class ControlLoss:
     """Build once per request; call on decoded audio (B, C, T) for the weighted, normalised sum."""
 
     def __init__(self, controls: dict[str, Any], sample_rate: int, duration: float,
-                 weights: dict[str, float] | None = None) -> None:
+                 weights: dict[str, float] | None = None, clap: Any = None) -> None:
         unknown = set(controls) - set(CONTROL_NAMES)
         if unknown:
             raise ValueError(f"unknown noise-optimisation controls: {', '.join(sorted(unknown))}")
@@ -52,7 +71,14 @@ class ControlLoss:
         self.weights = {name: float((weights or {}).get(name, 1.0)) for name in controls}
         self.targets: dict[str, Any] = {}
         if "intensity" in controls:
-            self.targets["intensity"] = intensity_target(str(controls["intensity"]), self.frames, FEATURE_RATE)
+            intensity = controls["intensity"]
+            if torch.is_tensor(intensity):  # a curve in dB at FEATURE_RATE (a reference's): held past its end
+                if intensity.dim() != 1 or intensity.numel() == 0 or not torch.isfinite(intensity).all():
+                    raise ValueError("an intensity curve must be a finite 1-D tensor of dB values")
+                curve = intensity.float()[: self.frames]
+                self.targets["intensity"] = torch.cat([curve, curve[-1:].expand(self.frames - curve.numel())])
+            else:
+                self.targets["intensity"] = intensity_target(str(intensity), self.frames, FEATURE_RATE)
         if "structure" in controls:
             self.targets["structure"] = structure_target(str(controls["structure"]), self.frames, FEATURE_RATE)
         if "loop" in controls:
@@ -66,16 +92,31 @@ class ControlLoss:
             if not (torch.is_tensor(melody) and melody.dim() == 3 and melody.shape[1] == 12):
                 raise ValueError("the melody target must be a (B, 12, F) one-hot chroma")
             self.targets["melody"] = melody.float()
+        if "clap" in controls:
+            text = controls["clap"]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("the clap control is a text to sound like, e.g. 'a solo cello'")
+            if clap is None:
+                from tunesmith.checkpoint import load_model
+
+                clap = load_model(CLAP_MODEL)
+            self.clap = clap.eval().requires_grad_(False)
+            self.targets["clap"] = self.clap.embed_text([text])
         self.scale: dict[str, float] | None = None
 
     def features(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the requested controls measure, each computed once: the loudness curve and the
-        per-frame pitch-class distribution (structure, melody and loop all read the latter)."""
+        """What the requested controls measure, each computed once: the loudness curve, the
+        per-frame pitch-class distribution (structure and melody both read it), the log-mel
+        frames (loop) and the CLAP embedding."""
         out: dict[str, torch.Tensor] = {}
         if "intensity" in self.targets:
             out["curve"] = loudness_curve(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
-        if self.targets.keys() & {"structure", "melody", "loop"}:
+        if self.targets.keys() & {"structure", "melody"}:
             out["chroma"] = pitch_class_distribution(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+        if "loop" in self.targets:
+            out["spectrum"] = spectral_frames(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+        if "clap" in self.targets:
+            out["clap"] = clap_audio_embedding(self.clap, wav, self.sample_rate)
         return out
 
     def parts(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -88,7 +129,9 @@ class ControlLoss:
         if "melody" in self.targets:
             out["melody"] = melody_loss(features["chroma"], self.targets["melody"])
         if "loop" in self.targets:
-            out["loop"] = loop_seam_loss(features["chroma"], self.targets["loop"])
+            out["loop"] = loop_seam_loss(features["spectrum"], self.targets["loop"])
+        if "clap" in self.targets:  # 1 - cosine of unit vectors
+            out["clap"] = 1 - (features["clap"] * self.targets["clap"].to(features["clap"])).sum(dim=-1).mean()
         return out
 
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
@@ -111,6 +154,8 @@ class ControlLoss:
                                                                           self.targets["structure"]), 4)
         if "melody" in out:
             out["melody"]["accuracy"] = round(pitch_class_accuracy(features["chroma"], self.targets["melody"]), 4)
+        if "clap" in out:
+            out["clap"]["score"] = round(1 - out["clap"]["loss"], 4)
         if "loop" in out:
-            out["loop"]["seam_ratio"] = round(seam_ratio(features["chroma"][..., : -self.targets["loop"]]), 4)
+            out["loop"]["seam_ratio"] = round(seam_ratio(features["spectrum"][..., : -self.targets["loop"]]), 4)
         return out

@@ -9,8 +9,8 @@ useful gradient, built on :mod:`tunesmith.spectral` (one definition of STFT and 
   against a target melody's one-hot chroma (DITTO's melody control);
 - structure: the self-similarity matrix of per-frame features, against a target pattern
   such as "AABA" (DITTO's musical-structure control);
-- loop and masked reconstruction: the seam of a loop, and the kept region of an
-  inpainting or outpainting.
+- loop and masked reconstruction: the seam of a loop (on log-mel spectral frames: pitch
+  and timbre both must flow), and the kept region of an inpainting or outpainting.
 
 Targets are parsed from what a user writes: an intensity curve as "t:level" points
 ("0:soft, 5:loud, 10:-30") and a structure as letters ("AABA", or "A:4,B:8,A:4" with
@@ -25,7 +25,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from tunesmith.spectral import chroma_basis, stft_magnitude
+from tunesmith.spectral import chroma_basis, log_mel, stft_magnitude
 
 LEVEL_WORDS = {"silent": -60.0, "very soft": -36.0, "soft": -30.0, "quiet": -30.0, "medium": -20.0,
                "moderate": -20.0, "loud": -12.0, "very loud": -6.0}  # RMS dBFS a word stands for
@@ -218,6 +218,16 @@ def structure_correlation(similarity: torch.Tensor, target: torch.Tensor) -> flo
 
 # ---------------------------------------------------------------------------
 # loops and kept regions
+
+
+def spectral_frames(wav: torch.Tensor, sample_rate: int, frame_rate: float = 20.0, n_mels: int = 64) -> torch.Tensor:
+    """(B, n_mels, F) log-mel frames (natural log, so steps are ratios) at ``frame_rate``, frame i
+    centred on its hop of samples: the "spectrum" a seam is judged on."""
+    mono = _mono(wav)
+    hop = _hop(sample_rate, frame_rate)
+    frames = mono.shape[-1] // hop
+    mel = log_mel(mono, sample_rate, eps=1e-4, n_fft=2 * hop, hop=hop, n_mels=n_mels)
+    return mel[..., :frames]
 
 
 def loop_seam_loss(features: torch.Tensor, overlap: int = 1) -> torch.Tensor:

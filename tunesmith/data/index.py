@@ -29,14 +29,13 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from tunesmith.audio import resample, to_channels
+from tunesmith.audio import AUDIO_SUFFIXES, resample, to_channels
 from tunesmith.errors import UserError
 from tunesmith.files import atomic_path, atomic_write_text
 from tunesmith.data.manifest import (SPLITS, ManifestError, read_table, slug, split_of, stable_hash,
                                      write_manifest)
 from tunesmith.data.sources import scan_folder
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
 SILENCE_DB = -60.0
 PEAK = 0.99  # loudness normalisation limits the peak to this, as audio.normalize_loudness does
 BLOCK_FRAMES = 1 << 16  # frames decoded at a time: memory is bounded by this, not by the file

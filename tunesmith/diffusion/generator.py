@@ -14,6 +14,7 @@ Modes of :meth:`LatentDiffusionGenerator.generate`:
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,16 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from tunesmith.audio import Audio
+from tunesmith.audio import AUDIO_SUFFIXES, Audio, load_audio
 from tunesmith.conditioning.conditions import Conditioning, from_prompts
-from tunesmith.control.ditto import ControlLoss
+from tunesmith.conditioning.melody import melody_chroma
+from tunesmith.control.ditto import FEATURE_RATE, ControlLoss
+from tunesmith.control.features import loudness_curve
 from tunesmith.control.optimize import optimize_noise
 from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser
 from tunesmith.diffusion.dit import DiT
 from tunesmith.diffusion.guidance import cfg_denoiser
-from tunesmith.diffusion.inpaint import keep_known, sample_repaint, strength_to_sigma
+from tunesmith.diffusion.inpaint import keep_known, sample_repaint, splice_kept, strength_to_sigma
 from tunesmith.diffusion.samplers import StepCallback, get_sigmas, sample
 from tunesmith.generator import Control, Generator, check_request, check_seeds, frames_for
 
@@ -51,6 +54,30 @@ class LatentResult:
     nfe: int
 
 
+def default_of(function: Any, parameter: str) -> Any:
+    """A keyword's default, read from the signature (one place states it)."""
+    return inspect.signature(function).parameters[parameter].default
+
+
+SEAM_FADE_SECONDS = 0.02  # crossfade from the user's kept audio into generated audio
+
+
+def reference_targets(targets: dict[str, Any], duration: float) -> dict[str, Any]:
+    """Controls given by example, as the feature the loss compares: a melody (recording or MIDI)
+    as its one-hot chroma, an intensity given as a recording as its loudness curve."""
+    frames = int(duration * FEATURE_RATE)
+    out = dict(targets)
+    if "melody" in out:
+        out["melody"] = melody_chroma(out["melody"], FEATURE_RATE, frames)
+    intensity = out.get("intensity")
+    if isinstance(intensity, Audio) or (isinstance(intensity, (str, Path))
+                                        and Path(intensity).suffix.lower() in AUDIO_SUFFIXES):
+        ref = intensity if isinstance(intensity, Audio) else load_audio(intensity, channels=1, max_seconds=duration + 1)
+        # smoothed as DITTO smooths its targets: the level's shape, not every transient
+        out["intensity"] = loudness_curve(ref.samples, ref.sample_rate, FEATURE_RATE, smooth_seconds=0.5)[0, :frames]
+    return out
+
+
 class LatentDiffusionGenerator(Generator):
     """Text (+ reference audio) -> latents by a sampler over the DiT -> audio by the VAE."""
 
@@ -62,10 +89,11 @@ class LatentDiffusionGenerator(Generator):
                 "repaint_resample": Control(int, 1, 100), "init_audio": Control((Audio, str, Path)),
                 "mask": Control((list, tuple, torch.Tensor)), "unconditional": Control(bool),
                 # noise optimisation (DITTO): targets, and how hard to optimise towards them
-                "intensity": Control(str), "structure": Control(str), "loop": Control((int, float), 0.05, 600),
+                "intensity": Control((str, Audio, Path)), "structure": Control(str),
+                "loop": Control((int, float), 0.05, 600), "melody": Control((Audio, str, Path)), "clap": Control(str),
                 "control_iterations": Control(int, 1, 1000), "control_lr": Control((int, float), 1e-4, 10),
                 "control_steps": Control(int, 1, 100), "control_weights": Control(dict)}
-    NOISE_CONTROLS = ("intensity", "structure", "loop")
+    NOISE_CONTROLS = ("intensity", "structure", "loop", "melody", "clap")
 
     def __init__(self, model: DiT, codec: LatentCodec, text_encoder: Any = None, *, text_encoder_name: str = "minilm",
                  latent_scale: float = 1.0, cfg: float = 4.0) -> None:
@@ -129,11 +157,12 @@ class LatentDiffusionGenerator(Generator):
     def optimized_noise(self, cond: Conditioning, uncond: Conditioning | None, frames: int, seed: int | list[int],
                         duration: float, targets: dict[str, Any], *, cfg: float, iterations: int = 20,
                         lr: float = 0.05, steps: int = 6, weights: dict[str, float] | None = None,
-                        progress: bool = False) -> tuple[torch.Tensor, ControlLoss, list[float]]:
+                        progress: bool = False, callback: StepCallback | None = None,
+                        ) -> tuple[torch.Tensor, ControlLoss, list[float]]:
         """DITTO: the seed's starting noise, optimised (``iterations`` Adam steps through a
         ``steps``-step DDIM sampler, guided, and the VAE) towards the ``targets``."""
-        loss = ControlLoss(targets, self.sample_rate, duration, weights)
         b = cond.batch_size() or 1
+        loss = ControlLoss(reference_targets(targets, duration), self.sample_rate, duration, weights)
         denoiser = Denoiser(self.model, self.model.config.parameterization, self.model.config.sigma_data)
         guided = cfg_denoiser(denoiser, cond.model_inputs(), None if uncond is None else uncond.model_inputs(), cfg)
         samples = self.num_samples(duration)
@@ -148,7 +177,8 @@ class LatentDiffusionGenerator(Generator):
             with torch.enable_grad():
                 result = optimize_noise(guided, get_sigmas("exponential", steps, 0.01, 80.0),
                                         self.initial_noise(b, frames, seed), loss_of, iterations=iterations, lr=lr,
-                                        progress=progress)
+                                        progress=progress,
+                                        callback=None if callback is None else lambda i, n, _: callback(i, n))
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -236,8 +266,14 @@ class LatentDiffusionGenerator(Generator):
         ``init_audio`` (Audio or path): alone and as long as ``duration``, audio-to-audio at
         ``strength``; shorter, the rest is generated (outpainting); with ``mask``, the marked
         regions are regenerated (inpainting): a list of (start, end) seconds, or a bool tensor
-        over latent frames or audio samples (True = regenerate).  ``unconditional`` replaces
-        the prompt by the null condition (timing stays), for baselines.
+        over latent frames or audio samples (True = regenerate); the kept audio is returned as
+        given, crossfaded into the new over 20 ms.  ``unconditional`` replaces the prompt by the
+        null condition (timing stays), for baselines.
+
+        Noise optimisation (DITTO; see tunesmith.control.ditto): ``intensity`` (points, or a
+        recording to follow), ``structure``, ``loop``, ``melody`` (a recording or a MIDI file),
+        ``clap`` (a text to sound like); ``control_iterations``, ``control_lr``,
+        ``control_steps`` and ``control_weights`` (name -> weight) set how.
         """
         self.check_controls(controls)
         items = check_request(prompts, duration, self.max_duration)
@@ -253,9 +289,10 @@ class LatentDiffusionGenerator(Generator):
             controls["cfg"] = self.cfg
         if unconditional:
             cond, controls = uncond, {**controls, "cfg": 1.0}
-        init_latents, keep = None, None
+        init_latents, keep, reference = None, None, None
         if init_audio is not None:
-            init_latents = self.encode_audio(init_audio, frames)
+            reference = self.reference_audio(init_audio, "init_audio")
+            init_latents = self.encode_audio(Audio(reference, self.sample_rate), frames)
             have = init_latents.shape[-1]
             if mask is not None or have < frames:
                 keep = self.keep_mask(mask, frames, have)
@@ -265,14 +302,25 @@ class LatentDiffusionGenerator(Generator):
         noise, control_loss, losses = None, None, []
         if targets:
             if init_audio is not None:
-                raise ValueError("noise-optimisation controls (intensity, structure, loop) do not combine with init_audio")
-            noise, control_loss, losses = self.optimized_noise(cond, uncond, frames, seed, duration, targets,
-                                                               cfg=controls["cfg"], progress=progress, **optimisation)
+                raise ValueError("noise-optimisation controls (intensity, structure, loop, melody, clap) do not combine with init_audio")
+            # one count for the whole job: the optimisation's iterations, then the sampler's steps
+            iterations = int(optimisation.get("iterations", default_of(self.optimized_noise, "iterations")))
+            steps = int(controls.get("steps", default_of(self.generate_latents, "steps")))
+            report = callback
+            noise, control_loss, losses = self.optimized_noise(
+                cond, uncond, frames, seed, duration, targets, cfg=controls["cfg"], progress=progress,
+                callback=None if report is None else lambda i, n: report(i, n + steps), **optimisation)
+            if report is not None:
+                callback = lambda done, total: report(iterations + done, iterations + total)  # noqa: E731
         elif optimisation:
-            raise ValueError(f"{', '.join('control_' + k for k in optimisation)} need a target: intensity, structure or loop")
+            raise ValueError(f"{', '.join('control_' + k for k in optimisation)} need a target: intensity, structure, loop, melody or clap")
         result = self.generate_latents(cond, uncond, frames, seed, init_latents=init_latents, keep_mask=keep,
                                        progress=progress, callback=callback, noise=noise, **controls)
         audio = self.decode_latents(result.latents, duration)
+        if keep is not None:  # inpainting / outpainting: what the user kept is their own audio, not a re-decode
+            kept = self.kept_samples(mask, audio.samples.shape[-1])
+            fade = round(SEAM_FADE_SECONDS * self.sample_rate)
+            audio = Audio(splice_kept(audio.samples, reference, kept, fade).clamp(-1.0, 1.0), self.sample_rate)
         if control_loss is not None:
             audio.info["control_report"] = {"optimisation_loss": [round(losses[0], 6), round(losses[-1], 6)],
                                       **control_loss.report(audio.samples)}
@@ -301,6 +349,22 @@ class LatentDiffusionGenerator(Generator):
                     raise ValueError(f"mask region ({start}, {end}) must satisfy 0 <= start < end, both finite (seconds)")
                 keep[int(start * self.frame_rate) : math.ceil(end * self.frame_rate)] = 0
         return keep[None, None]
+
+    def kept_samples(self, regenerate: Sequence[tuple[float, float]] | torch.Tensor | None, total: int) -> torch.Tensor:
+        """(total,) bool, True = the user's sample is kept: the regions exactly as asked, in samples
+        (the latent mask of :meth:`keep_mask` covers them in whole frames, so it is wider)."""
+        kept = torch.ones(total, dtype=torch.bool)
+        if regenerate is None:
+            return kept
+        if torch.is_tensor(regenerate):
+            flags = regenerate.flatten().bool()
+            if flags.numel() != total:  # given per latent frame
+                per = self.sample_rate / self.frame_rate
+                flags = flags[(torch.arange(total) / per).long().clamp(max=flags.numel() - 1)]
+            return ~flags
+        for start, end in regenerate:  # already checked by keep_mask
+            kept[round(start * self.sample_rate) : round(end * self.sample_rate)] = False
+        return kept
 
     def config_entries(self) -> dict[str, Any]:
         return {"text_encoder": self.text_encoder_name, "latent_scale": self.latent_scale, "cfg": self.cfg}

@@ -100,3 +100,31 @@ def strength_to_sigma(strength: float, sigma_max: float) -> float:
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     return float(t_to_sigma(torch.tensor(strength * float(sigma_to_t(torch.tensor(sigma_max))))))
+
+
+def keep_weights(kept: torch.Tensor, fade: int) -> torch.Tensor:
+    """(T,) weight of the user's own samples in the output, from ``kept`` (T,) bool: 1 on every
+    kept sample, falling to 0 along a raised cosine over ``fade`` samples into each regenerated
+    region.  The crossfade lies wholly in the regenerated part, so what the user kept is
+    returned bit for bit."""
+    kept = kept.flatten().bool()
+    if fade <= 0 or bool(kept.all()) or not bool(kept.any()):
+        return kept.float()
+    t = torch.arange(kept.numel())
+    # distance of each sample to the nearest kept one: the last kept at or before it, the next at or after it
+    before = t - torch.cummax(torch.where(kept, t, torch.full_like(t, -(10**12))), 0).values
+    after = torch.cummin(torch.where(kept, t, torch.full_like(t, 10**12)).flip(0), 0).values.flip(0) - t
+    distance = torch.minimum(before, after).clamp(min=0).double()
+    return (0.5 * (1 + torch.cos(torch.pi * (distance / fade).clamp(max=1.0)))).float()
+
+
+def splice_kept(generated: torch.Tensor, reference: torch.Tensor, kept: torch.Tensor, fade: int) -> torch.Tensor:
+    """Put the user's own samples back where they were kept: the VAE's re-decode of them
+    matches in sound but not in waveform, and the user asked to keep their audio.
+    ``generated`` (B, C, T), ``reference`` (1 or B, C, T_ref), ``kept`` (T,) bool per sample
+    (False past the reference's end)."""
+    total = generated.shape[-1]
+    have = min(reference.shape[-1], total)
+    w = keep_weights(kept[:total] & (torch.arange(total) < have), fade).to(generated)
+    ref = torch.nn.functional.pad(reference[..., :have].to(generated), (0, total - have))
+    return w * ref + (1 - w) * generated

@@ -18,10 +18,10 @@ import torch
 
 from tunesmith.audio import Audio
 from tunesmith.conditioning.conditions import Conditioning, from_prompts
-from tunesmith.conditioning.melody import dominant_chroma
+from tunesmith.conditioning.melody import melody_chroma
 from tunesmith.conditioning.encoders import get_text_encoder
 from tunesmith.conditioning.text import TextEncoder
-from tunesmith.generator import Control, Generator, as_audio, check_request, check_seeds, frames_for
+from tunesmith.generator import Control, Generator, check_request, check_seeds, frames_for
 from tunesmith.lm.decode import generate_tokens
 from tunesmith.lm.int8 import quantize_int8
 from tunesmith.lm.model import TokenLM
@@ -101,8 +101,7 @@ class TokenLMGenerator(Generator):
             if melody is None:
                 chroma = torch.zeros(len(prompts), c.chroma_bins, num_frames)
             else:
-                ref = as_audio(melody, "melody")  # its chroma at its own rate
-                chroma = dominant_chroma(ref.samples, ref.sample_rate, self.frame_rate, num_frames)
+                chroma = melody_chroma(melody, self.frame_rate, num_frames)  # a recording's, or a MIDI file's
         elif melody is not None:
             raise ValueError("this model is not melody-conditioned; drop the melody control")
         cond = from_prompts(prompts, self.text_encoder, num_frames=num_frames, frame_rate=self.frame_rate,

@@ -132,6 +132,8 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
             properties["duration"]["maximum"] = max_duration
             properties["duration"]["default"] = min(properties["duration"]["default"], max_duration)
             properties["steps"]["anyOf"][0]["maximum"] = settings.max_steps
+            if "control_iterations" in properties and "anyOf" in properties["control_iterations"]:
+                properties["control_iterations"]["anyOf"][0]["maximum"] = settings.max_control_iterations
             service = getattr(app.state, "service", None)
             if service is not None:  # once started: the model ids it serves
                 properties["model"]["anyOf"][0]["enum"] = list(service.registry.models)

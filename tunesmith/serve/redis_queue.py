@@ -210,12 +210,13 @@ class RedisJobStore:
 
     def finish(self, job_id: str, status: str, *, from_statuses: tuple[str, ...] = (RUNNING,),
                error: str | None = None, error_kind: str | None = None, sample_rate: int | None = None,
-               generation_seconds: float | None = None, worker: str | None = None) -> bool:
+               generation_seconds: float | None = None, worker: str | None = None,
+               info: dict[str, Any] | None = None) -> bool:
         if status not in FINISHED:
             raise ValueError(f"not a final status: {status}")
         changed, _ = self._change(job_id, status, from_statuses, owner=worker, finished_at=time.time(), error=error,
                                   error_kind=error_kind, sample_rate=sample_rate,
-                                  generation_seconds=generation_seconds)
+                                  generation_seconds=generation_seconds, info=info or {})
         return bool(changed)
 
     def requeue(self, job_ids: list[str], worker: str | None = None, *, count_attempt: bool = False) -> list[str]:

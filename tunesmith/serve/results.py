@@ -28,20 +28,32 @@ def sidecar_path(results_dir: Path, job: Job) -> Path:
     return results_dir / f"{job.result_name}.json"
 
 
-def sidecar(job: Job, sample_rate: int, seconds: float, batch_size: int) -> dict[str, Any]:
+SIDECAR_FIELDS = ("prompt", "seed", "model", "duration", "sample_rate", "format", "melody", "controls",
+                  "generation_seconds", "id", "inputs", "batch_size")
+
+
+def sidecar(job: Job, sample_rate: int, seconds: float, batch_size: int,
+            info: dict[str, Any] | None = None) -> dict[str, Any]:
     """The CLI sidecar's fields (prompt, seed, model, duration, sample_rate, format, melody,
-    controls, generation_seconds) plus the job's id, its uploaded inputs and its batch size."""
+    controls, generation_seconds, and what the generator reported: e.g. control_report) plus the
+    job's id, its uploaded inputs and its batch size."""
+    extra = {k: v for k, v in (info or {}).items() if k not in SIDECAR_FIELDS}
     return {"prompt": job.prompt, "seed": job.seed, "model": job.model, "duration": job.duration,
             "sample_rate": sample_rate, "format": job.format, "melody": job.inputs.get("melody"),
             "controls": job.controls, "generation_seconds": round(seconds, 3),
-            "id": job.id, "inputs": job.inputs, "batch_size": batch_size}
+            "id": job.id, "inputs": job.inputs, "batch_size": batch_size, **extra}
+
+
+def info_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a sidecar holds beyond its fixed fields: the generator's report (a restart recovers it)."""
+    return {k: v for k, v in meta.items() if k not in SIDECAR_FIELDS}
 
 
 def write_result(results_dir: Path, job: Job, samples: torch.Tensor, sample_rate: int, seconds: float,
-                 batch_size: int) -> None:
+                 batch_size: int, info: dict[str, Any] | None = None) -> None:
     """Write the audio (C, T) and its sidecar as a pair: both whole, or neither."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    meta = sidecar(job, sample_rate, seconds, batch_size)
+    meta = sidecar(job, sample_rate, seconds, batch_size, info)
     with atomic_group(sidecar_path(results_dir, job), audio_path(results_dir, job)) as (meta_tmp, audio_tmp):
         write_audio(audio_tmp, samples, sample_rate, job.format)
         meta_tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")

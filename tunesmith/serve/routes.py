@@ -17,6 +17,7 @@ made, and every answer names the seed and model, so a result can be reproduced w
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import math
@@ -25,6 +26,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -35,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from tunesmith import __version__
+from tunesmith.audio import AUDIO_SUFFIXES
 from tunesmith.generator import check_request
 from tunesmith.serve import results
 from tunesmith.serve.queue import JobQueue, QueueClosed, QueueFull
@@ -53,10 +56,11 @@ from tunesmith.serve.schemas import (
 )
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.serve.store import CANCELED, FAILED, FINISHED, INPUT_ERROR, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
-from tunesmith.serve.uploads import UploadRejected, delete_uploads, store_upload
+from tunesmith.serve.uploads import MIDI_FIELDS, UploadRejected, delete_uploads, store_upload
 
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
-AUDIO_FIELDS = ("init_audio", "melody", "prompt_audio")  # the file parts a request may carry
+AUDIO_FIELDS = ("init_audio", "melody", "prompt_audio", "intensity")  # the file parts a request may carry
+TEXT_OR_FILE = ("intensity",)  # fields that are text, or a file (a recording whose loudness to follow)
 JOB_ID = r"[0-9a-f]{32}\Z"
 
 
@@ -170,13 +174,17 @@ def _form_fields(form: Any, files: dict[str, UploadFile]) -> dict[str, Any]:
     """A multipart form's text fields (an empty one counts as not given); its files go to ``files``."""
     fields: dict[str, Any] = {}
     for name, value in form.multi_items():
+        if isinstance(value, str) and value == "":
+            continue  # an empty field counts as not given
         if name in fields or name in files:
+            if name in TEXT_OR_FILE and (name in files) != isinstance(value, UploadFile):
+                raise ApiError(400, f"{name} is given twice, as text and as a file: send one")
             raise ApiError(400, f"field '{name}' is given twice")
         if isinstance(value, UploadFile):
             if name not in AUDIO_FIELDS:
                 raise ApiError(400, f"unexpected file field '{name}' (audio inputs: {', '.join(AUDIO_FIELDS)})")
             files[name] = value
-        elif value != "":
+        else:
             fields[name] = value
     return fields
 
@@ -189,8 +197,12 @@ def _request_body(schema: type[BaseModel], multipart: bool) -> dict[str, Any]:
         form = json.loads(json.dumps(json_schema))
         form["properties"]["mask"] = {"type": "string", "description": "JSON: [[start_s, end_s], ...]"}
         for name in AUDIO_FIELDS:
-            form["properties"][name] = {"type": "string", "format": "binary",
-                                        "description": f"{name}: WAV, FLAC, OGG or MP3 (models that take it)"}
+            kinds = "WAV, FLAC, OGG or MP3" + (", or MIDI (.mid)" if name in MIDI_FIELDS else "")
+            upload = {"type": "string", "format": "binary", "description": f"{name}: {kinds} (models that take it)"}
+            if name in TEXT_OR_FILE:  # text as in JSON, or a recording to follow
+                text = dict(json_schema["properties"][name]["anyOf"][0])
+                upload = {"anyOf": [text, upload], "description": json_schema["properties"][name]["description"]}
+            form["properties"][name] = upload
         content["multipart/form-data"] = {"schema": form}
     return {"requestBody": {"required": True, "content": content}}
 
@@ -211,6 +223,12 @@ def check_limits(svc: Service, model: ServedModel, prompt: str, duration: float,
         raise ApiError(400, f"duration {duration:g} s is beyond the limit of {max_duration:g} s for '{model.id}'")
     if controls.get("steps", 0) > svc.settings.max_steps:
         raise ApiError(400, f"steps {controls['steps']} is beyond this server's limit of {svc.settings.max_steps}")
+    if controls.get("control_iterations", 0) > svc.settings.max_control_iterations:
+        raise ApiError(400, f"control_iterations {controls['control_iterations']} is beyond this server's limit of "
+                            f"{svc.settings.max_control_iterations}")
+    for name in TEXT_OR_FILE:
+        if name in controls and name in audio_inputs:
+            raise ApiError(400, f"{name} is given twice, as text and as a file: send one")
     for name in audio_inputs:
         if name not in model.audio_inputs:
             takes = ", ".join(model.audio_inputs) or "none"
@@ -221,6 +239,56 @@ def check_limits(svc: Service, model: ServedModel, prompt: str, duration: float,
         model.generator.check_controls({**controls, **{name: "upload" for name in audio_inputs}})
     except ValueError as err:
         raise ApiError(400, f"model '{model.id}': {err}") from None
+    check_noise_targets(model, duration, controls, audio_inputs)
+
+
+def noise_targets(model: ServedModel, controls: dict[str, Any], audio_inputs: list[str]) -> list[str]:
+    """The noise-optimisation (DITTO) targets a request gives this model (none for a model without them)."""
+    return [name for name in getattr(model.generator, "NOISE_CONTROLS", ())
+            if name in controls or name in audio_inputs]
+
+
+def check_noise_targets(model: ServedModel, duration: float, controls: dict[str, Any], audio_inputs: list[str]) -> None:
+    """What the worker would refuse only after it started, refused now by name: the targets'
+    text parsed (intensity curve, structure pattern), the loop against the clip, the targets
+    against init_audio, and control_iterations without a target."""
+    from tunesmith.control.ditto import FEATURE_RATE, ControlLoss
+    from tunesmith.control.features import intensity_target, structure_target
+
+    targets = noise_targets(model, controls, audio_inputs)
+    if not targets:
+        if "control_iterations" in controls:
+            raise ApiError(400, "control_iterations needs a target: intensity, structure, loop or melody")
+        return
+    if "init_audio" in audio_inputs:
+        raise ApiError(400, f"{', '.join(targets)} (noise optimisation) do not combine with init_audio: "
+                            "it starts from noise")
+    if int(duration * FEATURE_RATE) < 4:
+        raise ApiError(400, f"duration {duration:g} s is too short for {', '.join(targets)} "
+                            f"(noise optimisation needs at least {4 / FEATURE_RATE:g} s)")
+    parsers = {"intensity": lambda text: intensity_target(text, 2, FEATURE_RATE),
+               "structure": lambda text: structure_target(text, 2, FEATURE_RATE),
+               "loop": lambda seconds: ControlLoss({"loop": seconds}, model.generator.sample_rate, duration)}
+    for name, parse in parsers.items():
+        value = controls.get(name)
+        if value is None:
+            continue
+        if name in TEXT_OR_FILE and Path(str(value).strip()).suffix.lower() in AUDIO_SUFFIXES:  # read as a path
+            raise ApiError(400, f"{name}: to follow a recording, upload it as the {name} file (no paths)")
+        try:
+            parse(value)
+        except ValueError as err:
+            message = " ".join(str(err).split())
+            raise ApiError(400, message if message.startswith(name) else f"{name}: {message}") from None
+
+
+def default_control_iterations(model: ServedModel) -> int | None:
+    """The iterations the generator runs when a request gives none (None: it does not say)."""
+    try:
+        default = inspect.signature(model.generator.optimized_noise).parameters["iterations"].default
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return default if isinstance(default, int) and not isinstance(default, bool) else None
 
 
 async def create_job(svc: Service, req: GenerationRequest | MusicRequest, files: dict[str, UploadFile],
@@ -236,6 +304,10 @@ async def create_job(svc: Service, req: GenerationRequest | MusicRequest, files:
         duration = min(duration, max_duration)
     check_limits(svc, model, prompt, duration, controls, sorted(files), max_duration,
                  "input" if isinstance(req, MusicRequest) else "prompt")
+    if noise_targets(model, controls, sorted(files)) and "control_iterations" not in controls:
+        default = default_control_iterations(model)  # a server limit below the model's default caps it, on record
+        if default is not None and default > svc.settings.max_control_iterations:
+            controls["control_iterations"] = svc.settings.max_control_iterations
     if len(svc.queue) >= svc.queue.capacity:
         raise queue_full(svc)
     inputs: dict[str, str] = {}
@@ -274,7 +346,7 @@ def view(svc: Service, job: Job) -> dict[str, Any]:
         progress={"step": job.step, "total": job.total}, error=job.error,
         created_at=iso(job.created_at), started_at=iso(job.started_at), finished_at=iso(job.finished_at),
         expires_at=iso(expires), sample_rate=job.sample_rate, generation_seconds=job.generation_seconds,
-        batch_size=job.batch_size,
+        batch_size=job.batch_size, info=job.info,
         urls={"get": base, "stream": f"{base}/events", "cancel": base, "audio": f"{base}/audio"},
     ).model_dump()
 
@@ -326,7 +398,8 @@ def audio_response(svc: Service, job: Job, fmt: str | None) -> Response:
          responses=_errors(400, 413, 415, 429), openapi_extra=_request_body(GenerationRequest, multipart=True))
 async def create_generation(request: Request) -> JSONResponse:
     """Queue a job; answers 202 with the job (its seed, drawn when absent, and its URLs).
-    Audio inputs (``init_audio``, ``melody``, ``prompt_audio``) go as files in a multipart form."""
+    Audio inputs (``init_audio``, ``melody``, ``prompt_audio``, ``intensity`` as a recording) go as files
+    in a multipart form; ``melody`` may be a MIDI file."""
     svc = service(request)
     req, files, form = await parse_body(request, GenerationRequest)
     try:

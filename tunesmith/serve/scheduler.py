@@ -59,7 +59,8 @@ log = logging.getLogger("tunesmith.serve")
 
 # Samplers that draw fresh noise at every step from the batch's first seed: a row of such a
 # batch would not equal its job run alone, so those jobs always run alone.
-STOCHASTIC_SAMPLERS = frozenset({"dpmpp-3m-sde"})
+STOCHASTIC_SAMPLERS = frozenset({"dpmpp-2m-sde", "dpmpp-3m-sde"})
+JSON_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 
 INTERRUPTED_REASON = "the server stopped while this job was running; submit it again (same seed, same result)"
 WORKER_LOST_REASON = ("the worker running this job stopped ({attempts} attempts, the last on {worker}); "
@@ -74,9 +75,30 @@ class ServerStopping(Exception):
     """Raised from the progress callback: the server is shutting down."""
 
 
-def batchable(job: Job) -> bool:
-    """Whether a job may share a batch and still equal the job run alone (its seed reproduces it)."""
-    return job.controls.get("sampler") not in STOCHASTIC_SAMPLERS
+def batchable(job: Job, noise_controls: tuple[str, ...] | frozenset[str] = ()) -> bool:
+    """Whether a job may share a batch and still equal the job run alone (its seed reproduces it).
+
+    ``noise_controls``: the model's noise-optimisation (DITTO) targets.  Such a job runs alone:
+    the optimisation's loss is one mean over the batch, normalised by the batch's starting loss,
+    so a batched row drifts from the row alone (1e-5 after 2 iterations of the tiny DiT, more with
+    more), and the generator's control_report (losses, correlation) describes the batch, not a row.
+    """
+    if job.controls.get("sampler") in STOCHASTIC_SAMPLERS:
+        return False
+    return not any(name in job.controls or name in job.inputs for name in noise_controls)
+
+
+def json_safe(value: Any) -> Any:
+    """A generator's report (Audio.info) as JSON values the store and sidecar keep: a NaN (the
+    correlation with a flat target) or another non-finite number becomes null, and what is not
+    JSON (a tensor) is dropped."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items() if isinstance(v, JSON_TYPES)}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value if isinstance(v, JSON_TYPES)]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def one_line(err: BaseException, limit: int = 300) -> str:
@@ -189,7 +211,8 @@ class Scheduler:
             meta = results.read_sidecar(self.settings.results_dir, job)
             if meta is not None:
                 self.store.finish(job.id, SUCCEEDED, sample_rate=meta.get("sample_rate"),
-                                  generation_seconds=meta.get("generation_seconds"), worker=job.worker)
+                                  generation_seconds=meta.get("generation_seconds"), worker=job.worker,
+                                  info=results.info_of(meta))
                 continue
             results.delete_result(self.settings.results_dir, job)  # a lone sidecar, temp files
             if max(job.attempts, 1) < self.settings.max_attempts:
@@ -267,7 +290,8 @@ class Scheduler:
             self.store.finish(job.id, FAILED, from_statuses=(QUEUED,), error=str(err.args[0]), error_kind=INPUT_ERROR)
             return
         with model.lock:
-            batch = [job] + (self._companions(item) if batchable(job) else [])
+            noise = tuple(getattr(model.generator, "NOISE_CONTROLS", ()))
+            batch = [job] + (self._companions(item) if batchable(job, noise) else [])
             self._run_batch(model, batch)
 
     def _companions(self, first: QueueItem) -> list[Job]:
@@ -327,22 +351,24 @@ class Scheduler:
             return
         seconds = time.perf_counter() - start
         self._note_time(seconds / len(batch))
+        info = json_safe(audio.info) if len(batch) == 1 else {}  # a report is of the whole call
         for i, job in enumerate(batch):
-            self._deliver(job, audio.samples[i], audio.sample_rate, seconds, len(batch))
+            self._deliver(job, audio.samples[i], audio.sample_rate, seconds, len(batch), info)
 
-    def _deliver(self, job: Job, samples: Any, sample_rate: int, seconds: float, batch_size: int) -> None:
+    def _deliver(self, job: Job, samples: Any, sample_rate: int, seconds: float, batch_size: int,
+                 info: dict[str, Any] | None = None) -> None:
         now = self.store.get(job.id)
         if now is None or now.status != RUNNING or now.worker != self.worker_id:
             return  # canceled while its batch ran (or handed to another worker: this one was presumed dead)
         try:
-            results.write_result(self.settings.results_dir, job, samples, sample_rate, seconds, batch_size)
+            results.write_result(self.settings.results_dir, job, samples, sample_rate, seconds, batch_size, info)
         except Exception as err:
             log.exception("cannot write the result of %s", job.id)
             self.store.finish(job.id, FAILED, error=f"cannot write the result: {one_line(err)}",
                               error_kind=INTERNAL_ERROR, worker=self.worker_id)
             return
         if not self.store.finish(job.id, SUCCEEDED, sample_rate=sample_rate, generation_seconds=round(seconds, 3),
-                                 worker=self.worker_id):
+                                 worker=self.worker_id, info=info):
             if self.store.statuses([job.id]).get(job.id) == CANCELED:
                 results.delete_result(self.settings.results_dir, job)  # canceled between the check and now
 

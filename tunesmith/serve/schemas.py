@@ -15,10 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Format = Literal["wav", "flac", "mp3", "ogg"]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
-Sampler = Literal["dpmpp-2m", "euler", "heun", "ddim", "dpmpp-3m-sde"]
+Sampler = Literal["dpmpp-2m", "euler", "heun", "ddim", "dpmpp-2m-sde", "dpmpp-3m-sde"]
 
 # request fields that are generator controls, passed on only when given
-CONTROL_FIELDS = ("steps", "cfg", "sampler", "strength", "mask", "temperature", "top_k", "top_p")
+CONTROL_FIELDS = ("steps", "cfg", "sampler", "strength", "mask", "temperature", "top_k", "top_p",
+                  "intensity", "structure", "loop", "control_iterations")
+# the noise-optimisation (DITTO) targets a request may give as text or numbers; melody (and
+# intensity as a recording) come as uploaded files
+NOISE_TARGET_FIELDS = ("intensity", "structure", "loop")
 
 
 class ErrorBody(BaseModel):
@@ -41,6 +45,19 @@ class Controls(BaseModel):
     temperature: float | None = Field(None, ge=0, le=100, description="sampling temperature (token LMs)")
     top_k: int | None = Field(None, ge=0, le=1 << 20, description="top-k sampling (token LMs)")
     top_p: float | None = Field(None, ge=0, le=1, description="nucleus sampling (token LMs)")
+    # noise optimisation (DITTO; diffusion models): the CLI's --intensity, --structure, --loop, --control-iterations
+    intensity: str | None = Field(
+        None, max_length=1000, description="loudness over time as 'seconds:level' points, e.g. '0:soft,5:loud,10:-30' "
+        "(dBFS or a word: silent, very soft, soft, quiet, medium, moderate, loud, very loud); or upload a "
+        "recording as the intensity file to follow its loudness")
+    structure: str | None = Field(
+        None, max_length=200, description="sections that repeat: letters ('AABA', equal lengths) or "
+        "'A:4,B:8,A:4' (seconds)")
+    loop: float | None = Field(None, gt=0, le=600, description="seconds: the last S seconds repeat the first S, "
+                               "so the clip loops (at most half the clip)")
+    control_iterations: int | None = Field(
+        None, ge=1, description="noise-optimisation steps towards intensity, structure, loop or melody "
+        "(default 20, or this server's limit if lower)")
 
     @field_validator("mask", mode="before")
     @classmethod
@@ -121,6 +138,10 @@ class JobView(BaseModel):
     sample_rate: int | None
     generation_seconds: float | None
     batch_size: int | None
+    info: dict[str, Any] = Field(
+        description="what the generator reported about the result, as in the CLI's sidecar: e.g. control_report, "
+        "each noise-optimisation control's achieved loss and adherence (intensity and structure: correlation; "
+        "melody: accuracy; loop: seam_ratio)")
     urls: JobUrls
 
 

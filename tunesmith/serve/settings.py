@@ -59,6 +59,7 @@ class ServeSettings:
     max_prompt_chars: int = 1000
     max_duration: float = 60.0  # seconds; also never beyond a model's own limit
     max_steps: int = 200
+    max_control_iterations: int = 100  # noise optimisation (DITTO): each iteration runs a few steps and a decode
     sync_max_duration: float = 15.0  # POST /v1/audio/music is for short clips
     sync_timeout_s: float = 300.0
     max_upload_bytes: int = 20 * 1024 * 1024  # per file
@@ -82,7 +83,8 @@ class ServeSettings:
                              f"workers must be >= 0, got {self.workers}")
         if self.queue_url and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"queue must be a Redis URL (redis://HOST:PORT/DB), got '{self.queue_url}'")
-        for name in ("max_queue", "max_batch", "max_prompt_chars", "max_steps", "max_upload_bytes", "max_attempts"):
+        for name in ("max_queue", "max_batch", "max_prompt_chars", "max_steps", "max_control_iterations",
+                     "max_upload_bytes", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_duration", "sync_max_duration", "max_upload_seconds", "result_ttl_s", "cleanup_interval_s",

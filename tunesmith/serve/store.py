@@ -59,6 +59,7 @@ class Job:
     batch_size: int | None = None
     worker: str | None = None  # who started it last (see Scheduler.worker_id)
     attempts: int = 0  # how many times it was started
+    info: dict[str, Any] = field(default_factory=dict)  # what the generator reported (Audio.info: control_report)
 
     @property
     def finished(self) -> bool:
@@ -98,7 +99,8 @@ class JobStore(Protocol):
 
     def finish(self, job_id: str, status: str, *, from_statuses: tuple[str, ...] = (RUNNING,),
                error: str | None = None, error_kind: str | None = None, sample_rate: int | None = None,
-               generation_seconds: float | None = None, worker: str | None = None) -> bool:
+               generation_seconds: float | None = None, worker: str | None = None,
+               info: dict[str, Any] | None = None) -> bool:
         """End a job if it is in one of ``from_statuses`` (and, given ``worker``, still that worker's);
         False if it was not (e.g. canceled)."""
         ...
@@ -123,7 +125,7 @@ class JobStore(Protocol):
 
 
 _COLUMNS = [f.name for f in fields(Job)]
-_JSON_COLUMNS = ("controls", "inputs")
+_JSON_COLUMNS = ("controls", "inputs", "info")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, prompt TEXT NOT NULL, duration REAL NOT NULL,
@@ -131,11 +133,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
     step INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0, error TEXT, error_kind TEXT,
     sample_rate INTEGER, generation_seconds REAL, batch_size INTEGER,
-    worker TEXT, attempts INTEGER NOT NULL DEFAULT 0
+    worker TEXT, attempts INTEGER NOT NULL DEFAULT 0, info TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 """
-_ADDED_COLUMNS = {"worker": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0"}  # a store from before them
+_ADDED_COLUMNS = {"worker": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0",  # a store from before them
+                  "info": "TEXT NOT NULL DEFAULT '{}'"}
 
 
 class SQLiteJobStore:
@@ -224,14 +227,16 @@ class SQLiteJobStore:
 
     def finish(self, job_id: str, status: str, *, from_statuses: tuple[str, ...] = (RUNNING,),
                error: str | None = None, error_kind: str | None = None, sample_rate: int | None = None,
-               generation_seconds: float | None = None, worker: str | None = None) -> bool:
+               generation_seconds: float | None = None, worker: str | None = None,
+               info: dict[str, Any] | None = None) -> bool:
         if status not in FINISHED:
             raise ValueError(f"not a final status: {status}")
         owner = " AND worker = ?" if worker is not None else ""
         return self._execute(
             f"UPDATE jobs SET status = ?, finished_at = ?, error = ?, error_kind = ?, sample_rate = ?, "
-            f"generation_seconds = ? WHERE id = ? AND status IN ({self._marks(len(from_statuses))}){owner}",
-            [status, time.time(), error, error_kind, sample_rate, generation_seconds, job_id, *from_statuses,
+            f"generation_seconds = ?, info = ? WHERE id = ? AND status IN ({self._marks(len(from_statuses))}){owner}",
+            [status, time.time(), error, error_kind, sample_rate, generation_seconds,
+             json.dumps(info or {}, sort_keys=True), job_id, *from_statuses,
              *([worker] if worker is not None else [])]) == 1
 
     def requeue(self, job_ids: list[str], worker: str | None = None, *, count_attempt: bool = False) -> list[str]:

@@ -14,12 +14,21 @@
   const KEY_STORE = "tunesmith.apiKey";
   const RECENT_STORE = "tunesmith.recent";
   const RECENT_MAX = 30;
-  const SETTINGS = ["steps", "cfg", "sampler", "temperature", "top_k", "top_p"];
-  const INTEGER = new Set(["steps", "top_k", "seed"]);
-  const UPLOADS = ["init_audio", "melody", "prompt_audio"];
+  const SETTINGS = ["steps", "cfg", "sampler", "temperature", "top_k", "top_p",
+                    "intensity", "structure", "loop", "control_iterations"];
+  const TEXT = new Set(["intensity", "structure"]);  // sent as typed; the rest are numbers (or a select)
+  const INTEGER = new Set(["steps", "top_k", "seed", "control_iterations"]);
+  // audio inputs: the request's field -> the file input's id
+  const UPLOADS = { init_audio: "init_audio", melody: "melody", prompt_audio: "prompt_audio",
+                    intensity: "intensity_file" };
   const FORMATS = ["wav", "flac", "mp3", "ogg"];
-  // CLI flags of `tunesmith generate` for the controls it takes
-  const CLI_FLAGS = { steps: "--steps", cfg: "--cfg", temperature: "--temperature", top_k: "--top-k" };
+  // CLI flags of `tunesmith generate` for the controls it takes (mask: one --inpaint START:END per region)
+  const CLI_FLAGS = { steps: "--steps", cfg: "--cfg", temperature: "--temperature", top_k: "--top-k",
+                      strength: "--strength", intensity: "--intensity", structure: "--structure", loop: "--loop",
+                      control_iterations: "--control-iterations" };
+  // the CLI's flags for uploaded inputs, with a stand-in for the file the person uploaded
+  const CLI_FILES = { init_audio: "--init-audio INIT_AUDIO.wav", melody: "--melody MELODY.wav",
+                      intensity: "--intensity INTENSITY.wav" };
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -278,12 +287,17 @@
     for (const name of SETTINGS) {
       if (!controls[name]) continue;
       const input = $(name);
-      body[name] = input.tagName === "SELECT" ? (input.value || undefined) : numberField(input, name);
+      if (input.tagName === "SELECT") body[name] = input.value || undefined;
+      else if (TEXT.has(name)) body[name] = input.value.trim() || undefined;
+      else body[name] = numberField(input, name);
     }
     const files = {};
-    for (const name of UPLOADS) {
-      const input = $(name);
+    for (const [name, id] of Object.entries(UPLOADS)) {
+      const input = $(id);
       if (!input.disabled && input.files.length) files[name] = input.files[0];
+    }
+    if (files.intensity && body.intensity !== undefined) {
+      throw new Error("intensity: give a curve or a recording to follow, not both");
     }
     if (files.init_audio) {
       body.strength = numberField(el.strength, "strength");
@@ -482,6 +496,13 @@
     meta.textContent = `${job.model} · ${fmtSeconds(job.duration)} · seed ${job.seed}` +
       (job.sample_rate ? ` · ${job.sample_rate / 1000} kHz` : "") + ` · ${job.format.toUpperCase()}`;
     el.summary.append(quote, meta);
+    const adherence = reportLine((job.info || {}).control_report);
+    if (adherence) {
+      const report = document.createElement("span");
+      report.className = "meta report";
+      report.textContent = adherence;
+      el.summary.append(report);
+    }
 
     el.downloadAudio.href = keyed(job.urls.audio);
     el.downloadAudio.download = `${name}.${job.format}`;
@@ -513,13 +534,25 @@
     }
   }
 
-  // What reproduces the job (the CLI's sidecar fields, plus the job's id and inputs).
+  // How closely the result follows each noise-optimisation control ("intensity correlation 0.62 · ...").
+  function reportLine(report) {
+    const MEASURES = { correlation: "correlation", accuracy: "pitch accuracy", seam_ratio: "seam ratio" };
+    const parts = [];
+    for (const [control, values] of Object.entries(report || {})) {
+      for (const [key, words] of Object.entries(MEASURES)) {
+        if (values && typeof values[key] === "number") parts.push(`${control} ${words} ${values[key].toFixed(2)}`);
+      }
+    }
+    return parts.length ? `Controls: ${parts.join(" · ")}` : "";
+  }
+
+  // What reproduces the job (the CLI's sidecar fields and the generator's report, plus the job's id and inputs).
   function sidecar(job) {
-    return {
+    return Object.assign({
       prompt: job.prompt, seed: job.seed, model: job.model, duration: job.duration, sample_rate: job.sample_rate,
       format: job.format, controls: job.controls, inputs: job.inputs, generation_seconds: job.generation_seconds,
       id: job.id, created_at: job.created_at, finished_at: job.finished_at,
-    };
+    }, job.info || {});
   }
 
   function cliLine(job, name) {
@@ -528,17 +561,26 @@
                    `--seed ${job.seed}`, `--duration ${job.duration}`];
     const missing = [];
     for (const [control, value] of Object.entries(job.controls || {})) {
-      if (CLI_FLAGS[control]) parts.push(`${CLI_FLAGS[control]} ${value}`);
+      if (control === "mask") for (const [start, end] of value) parts.push(`--inpaint ${start}:${end}`);
+      else if (CLI_FLAGS[control]) parts.push(`${CLI_FLAGS[control]} ${shellQuote(String(value))}`);
       else missing.push(`${control}=${JSON.stringify(value)}`);
     }
-    for (const input of job.inputs || []) {
-      if (input === "melody") parts.push("--melody MELODY.wav");
-      else missing.push(`${input} (an upload)`);
+    const files = [];
+    for (const input of job.inputs || []) {  // the job's inputs: a list of their names
+      if (CLI_FILES[input]) {
+        parts.push(CLI_FILES[input]);
+        files.push(CLI_FILES[input].split(" ")[1]);
+      } else {
+        missing.push(`${input} (an upload)`);
+      }
     }
     parts.push(`-o ${shellQuote(`${name}.${job.format}`)}`);
-    const note = missing.length
-      ? `The CLI has no flag for ${missing.join(", ")}: the sidecar JSON keeps ${missing.length > 1 ? "them" : "it"}.`
-      : "Same model, seed and settings: the same audio.";
+    const notes = [];
+    if (files.length) notes.push(`${files.join(", ")}: the ${files.length > 1 ? "files" : "file"} you uploaded.`);
+    if (missing.length) {
+      notes.push(`The CLI has no flag for ${missing.join(", ")}: the sidecar JSON keeps ${missing.length > 1 ? "them" : "it"}.`);
+    }
+    const note = notes.length ? notes.join(" ") : "Same model, seed and settings: the same audio.";
     return [parts, note];
   }
 
