@@ -18,8 +18,21 @@ distributions (the expected rise in loss on data drawn from the fp32 model).
 
     nice -n 10 python bench/lm_decode.py --quick --json bench/lm_decode.json
 
-Each timing is the best of ``--repeats`` runs, ours and the peer's interleaved, so
-that load from other processes hurts both sides alike.
+Each timing is the best of a few runs (2-3 per size; one for the MusicGen checkpoint, whose
+peer run takes minutes), ours and the peer's interleaved, so that load from other processes
+hurts both sides alike.
+
+``--musicgen small`` (default; ``none`` skips it) times a MusicGen *checkpoint*: a
+``MusicgenForConditionalGeneration`` at musicgen-small's size (decoder dim 1024, 24 layers,
+16 heads, 4 x 2048 codes; a T5-base text encoder; a 32 kHz EnCodec) with random weights,
+saved with ``save_pretrained`` and loaded through ``tunesmith.load``, against the same
+model run by transformers' ``generate``: text to audio end to end on both sides (T5,
+decoding with CFG 3 and top-k 250 sampling, EnCodec), batch 1.  Its parity figures come
+from a tiny checkpoint of the same layout (teacher-forced logits, greedy tokens, audio)
+and from the real-size one (teacher-forced logits).  ``--update`` merges the results into
+an existing ``--json`` file, keeping the sections not run.
+
+    nice -n 10 python bench/lm_decode.py --sizes none --musicgen small --update --json docs/lm_decode.json
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -255,12 +269,167 @@ def bench_size(name: str, size: dict[str, int], steps: int, batch8_steps: int, r
     return result
 
 
+# ---------------------------------------------------------------------------
+# a MusicGen checkpoint (transformers layout) through tunesmith.hub
+
+MUSICGEN_CHECKPOINTS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {  # parity only
+        "decoder": dict(vocab_size=16, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                        num_codebooks=4, max_position_embeddings=64),
+        "text": dict(vocab_size=16, d_model=24, d_kv=8, d_ff=48, num_layers=2, num_heads=3, relative_attention_num_buckets=8),
+        "audio": dict(sampling_rate=3200, target_bandwidths=[2.0], hidden_size=16, num_filters=4, upsampling_ratios=[8, 8],
+                      codebook_size=16, codebook_dim=16, num_lstm_layers=1),
+    },
+    "small": {  # facebook/musicgen-small's shapes: its decoder, T5-base, its 32 kHz EnCodec
+        "decoder": dict(vocab_size=2048, hidden_size=1024, num_hidden_layers=24, ffn_dim=4096, num_attention_heads=16,
+                        num_codebooks=4, max_position_embeddings=2048),
+        "text": dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+        "audio": dict(sampling_rate=32000, target_bandwidths=[2.2], hidden_size=128, num_filters=64,
+                      upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, codebook_dim=128, num_lstm_layers=2,
+                      use_causal_conv=False, use_conv_shortcut=False),
+    },
+}
+MUSICGEN_WORDS = ["<pad>", "</s>", "<unk>", "a", "calm", "piano", "waltz", "for", "strings", "loud", "drums", "jazz"]
+MUSICGEN_PROMPT = "a calm piano waltz for strings"
+
+
+def save_musicgen_checkpoint(directory: Path, size: dict[str, dict[str, Any]]) -> Any:
+    """A random MusicGen with a word-level tokenizer, as transformers writes one; returns the model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
+                              PreTrainedTokenizerFast, T5Config)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    N = size["decoder"]["vocab_size"]
+    config = MusicgenConfig(text_encoder=T5Config(**size["text"]), audio_encoder=EncodecConfig(**size["audio"]),
+                            decoder=MusicgenDecoderConfig(**size["decoder"], pad_token_id=N, bos_token_id=N))
+    model = MusicgenForConditionalGeneration(config).eval()
+    g = model.generation_config
+    g.pad_token_id = g.decoder_start_token_id = g.bos_token_id = N
+    g.guidance_scale, g.top_k, g.do_sample, g.max_length = CFG, TOP_K, True, 1500
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(MUSICGEN_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    model.save_pretrained(directory)
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(directory)
+    return model
+
+
+@torch.inference_mode()
+def musicgen_logits_gap(peer: Any, gen: Any, frames: int) -> float:
+    """Max |ours - transformers| over teacher-forced decoder logits of random tokens, with
+    the text and with the zeroed text of the unconditional rows."""
+    from transformers import AutoTokenizer
+
+    K, N = peer.decoder.num_codebooks, peer.decoder.config.vocab_size
+    c = gen.lm.config
+    batch = AutoTokenizer.from_pretrained(gen.source)([MUSICGEN_PROMPT, "loud drums"], padding=True, return_tensors="pt")
+    tokens = torch.randint(0, N, (2, K, frames), generator=torch.Generator().manual_seed(1))
+    steps = to_sequence(tokens, layout(c.pattern, K, frames), fill=N)
+    decoder_input = torch.cat([torch.full((2, K, 1), N), steps[:, :, :-1]], 2).reshape(2 * K, -1)
+    cond = Conditioning(*gen.text_encoder.encode([MUSICGEN_PROMPT, "loud drums"]))
+    theirs = peer(**batch, decoder_input_ids=decoder_input).logits.reshape(2, K, -1, N)
+    states = peer.text_encoder(**batch).last_hidden_state
+    theirs_null = peer(encoder_outputs=(torch.zeros_like(states),), attention_mask=torch.zeros_like(batch.attention_mask),
+                       decoder_input_ids=decoder_input).logits.reshape(2, K, -1, N)
+    return max(float((gen.lm(steps, cond) - theirs).abs().max()), float((gen.lm(steps, cond.null()) - theirs_null).abs().max()))
+
+
+@torch.inference_mode()
+def musicgen_greedy(peer: Any, gen: Any, frames: int) -> tuple[bool, float]:
+    """Whether greedy decoding with CFG gives transformers' tokens, and the max audio difference."""
+    from transformers import AutoTokenizer
+
+    K = peer.decoder.num_codebooks
+    seen: list[torch.Tensor] = []
+    decode = peer.audio_encoder.decode
+    peer.audio_encoder.decode = lambda codes, *a, **k: (seen.append(codes[0].clone()), decode(codes, *a, **k))[1]
+    try:
+        batch = AutoTokenizer.from_pretrained(gen.source)([MUSICGEN_PROMPT], return_tensors="pt")
+        audio = peer.generate(**batch, do_sample=False, guidance_scale=CFG, max_length=frames + K)
+    finally:
+        peer.audio_encoder.decode = decode
+    ours = generate_tokens(gen.lm, frames, Conditioning(*gen.text_encoder.encode([MUSICGEN_PROMPT])), cfg_scale=CFG,
+                           temperature=0.0)
+    out = gen.generate(MUSICGEN_PROMPT, duration=frames / gen.frame_rate, seed=0, temperature=0.0)
+    return bool(torch.equal(ours, seen[0])), float((out.samples - audio.clamp(-1, 1)).abs().max())
+
+
+def bench_musicgen_checkpoint(name: str, seconds: float, repeats: int) -> dict[str, Any]:
+    """Parity on the tiny checkpoint; speed (and logits parity) on the ``name`` one."""
+    import tunesmith
+    from tunesmith.hub.musicgen import MusicgenGenerator
+
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="musicgen-bench-") as tmp:
+        tiny_dir = Path(tmp) / "tiny"
+        peer = save_musicgen_checkpoint(tiny_dir, MUSICGEN_CHECKPOINTS["tiny"])
+        gen = tunesmith.load(str(tiny_dir))
+        identical, audio_gap = musicgen_greedy(peer, gen, 40)
+        result["parity_tiny"] = {"logits_max_abs": musicgen_logits_gap(peer, gen, 12), "greedy_tokens_identical": identical,
+                                 "audio_max_abs": audio_gap, "frames": 40}
+        if name == "tiny":
+            return result
+        result.update({"audio_seconds": seconds, "batch": 1, "cfg": CFG, "top_k": TOP_K, "repeats": repeats,
+                       "timing": "end to end, text to audio (T5 + decoding + EnCodec) on both sides; best of repeats"})
+        print(f"[musicgen-{name}] building and saving a random checkpoint", flush=True)
+        directory = Path(tmp) / name
+        peer = save_musicgen_checkpoint(directory, MUSICGEN_CHECKPOINTS[name])
+        start = time.perf_counter()
+        gen = tunesmith.load(str(directory))
+        result["load_seconds_tunesmith"] = time.perf_counter() - start
+        int8 = MusicgenGenerator(gen.lm, gen.codec, gen.text_encoder, source=directory, cfg=gen.cfg, int8=True)
+        result["params_decoder_M"] = sum(p.numel() for p in gen.lm.parameters()) / 1e6
+        result["logits_max_abs"] = musicgen_logits_gap(peer, gen, 8)
+        K = gen.lm.config.num_codebooks
+        frames = round(seconds * gen.frame_rate)
+        steps = frames + K - 1
+        from transformers import AutoTokenizer
+
+        batch = AutoTokenizer.from_pretrained(directory)([MUSICGEN_PROMPT], return_tensors="pt")
+
+        def run_peer(length: float) -> None:
+            with torch.inference_mode():
+                peer.generate(**batch, do_sample=True, top_k=TOP_K, guidance_scale=CFG,
+                              max_length=round(length * gen.frame_rate) + K)
+
+        def runner(g: Any) -> Callable[[float], None]:
+            def run(length: float) -> None:
+                g.text_encoder._cache.clear()  # encode the prompt every time, as transformers does
+                g.generate(MUSICGEN_PROMPT, duration=length, seed=0, top_k=TOP_K, cfg=CFG)
+            return run
+
+        contenders = {"peer": run_peer, "ours_fp32": runner(gen), "ours_int8": runner(int8)}
+        print(f"[musicgen-{name}] warm-up", flush=True)
+        for fn in contenders.values():
+            fn(0.2)
+        best = {key: (float("inf"), 0.0) for key in contenders}
+        for r in range(repeats):
+            for key, fn in contenders.items():
+                elapsed, rss = timed(lambda: fn(seconds))
+                print(f"[musicgen-{name}] {key} run {r}: {steps / elapsed:.2f} steps/s ({elapsed:.1f} s)", flush=True)
+                if elapsed < best[key][0]:
+                    best[key] = (elapsed, rss)
+        for key, (elapsed, rss) in best.items():
+            result[key] = {"steps_per_s": steps / elapsed, "seconds_per_10s_audio": elapsed * 10 / seconds,
+                           "seconds": elapsed, "steps": steps, "peak_rss_MB": rss}
+        result["speedup_fp32"] = result["ours_fp32"]["steps_per_s"] / result["peer"]["steps_per_s"]
+        result["speedup_int8"] = result["ours_int8"]["steps_per_s"] / result["peer"]["steps_per_s"]
+        del peer, gen, int8
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (same ratios, under 5 minutes)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--sizes", default="bundled,musicgen-small", help="comma-separated subset of: " + ", ".join(SIZES) + " ('none': only the --model quality)")
+    parser.add_argument("--musicgen", default="small", choices=["small", "tiny", "none"],
+                        help="a MusicGen checkpoint through tunesmith.load vs transformers (tiny: parity only)")
+    parser.add_argument("--update", action="store_true", help="merge into an existing --json file, keeping the sections not run")
     parser.add_argument("--model", default=None, help="a trained LM model directory: also measure int8 quality on it")
     parser.add_argument("--valid-data", default=None,
                         help="with --model: a token cache whose valid split gives the int8 change in validation loss")
@@ -277,6 +446,9 @@ def main() -> None:
             raise SystemExit(f"unknown size {name!r} (known: {', '.join(SIZES)}, none)")
         steps, steps8, repeats, agree = plan[name]
         results[name] = bench_size(name, SIZES[name], steps, steps8, repeats, bandwidth, agree)
+    if args.musicgen != "none":  # seconds of audio, repeats (each run of the peer at this size takes minutes)
+        seconds, repeats = (2.0, 1) if args.quick else (10.0, 1)
+        results["musicgen-checkpoint"] = bench_musicgen_checkpoint(args.musicgen, seconds, repeats)
     if args.model:  # random weights give near-flat logits; a trained model shows the real cost
         from tunesmith.checkpoint import load_model
 
@@ -306,6 +478,18 @@ def main() -> None:
         out["token_agreement_quant"] = small["int8_quality"]["token_agreement_free_running"]
         out["token_agreement_quant_teacher_forced"] = small["int8_quality"]["token_agreement_teacher_forced"]
         out["kl_quant_nats_per_token"] = small["int8_quality"]["kl_nats_per_token"]
+    if "musicgen-checkpoint" in results:
+        checkpoint = results["musicgen-checkpoint"]
+        out["musicgen_logits_max_abs"] = checkpoint["parity_tiny"]["logits_max_abs"]
+        out["musicgen_greedy_tokens_identical"] = checkpoint["parity_tiny"]["greedy_tokens_identical"]
+        out["musicgen_audio_max_abs"] = checkpoint["parity_tiny"]["audio_max_abs"]
+        if "speedup_int8" in checkpoint:
+            out["musicgen_small_logits_max_abs"] = checkpoint["logits_max_abs"]
+            out["speedup_musicgen_small_fp32"] = checkpoint["speedup_fp32"]
+            out["speedup_musicgen_small_int8"] = checkpoint["speedup_int8"]
+            out["musicgen_small_seconds_per_10s"] = {k: checkpoint[k]["seconds_per_10s_audio"]
+                                                     for k in ("peer", "ours_fp32", "ours_int8")}
+        checkpoint["run"] = {"quick": args.quick, "threads": args.threads, "load_average": os.getloadavg()}
     out.update({
         "quick": args.quick, "threads": args.threads, "bandwidth_GBps": bandwidth,
         "load_average": os.getloadavg(), "torch": torch.__version__, "machine": platform.machine(),
@@ -314,9 +498,17 @@ def main() -> None:
                  "token agreement on random weights is a pessimistic proxy (near-flat logits flip easily)",
     })
     if args.json:
+        if args.update and Path(args.json).is_file():  # keep the sections not run this time, and their run's
+            previous = json.loads(Path(args.json).read_text())  # settings (each section keeps its own under "run")
+            metadata = ("quick", "threads", "bandwidth_GBps", "load_average", "torch", "machine", "sizes", "notes")
+            for result in results.values():
+                result.setdefault("run", {"quick": args.quick, "threads": args.threads, "load_average": os.getloadavg()})
+            out = {**previous, **{k: v for k, v in out.items() if k not in metadata},
+                   "sizes": {**previous.get("sizes", {}), **results}}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     line = ", ".join(f"{k}={out[k]:.3g}" for k in ("speedup_bundled", "speedup_small_fp32", "speedup_small_quant",
-                                                  "token_agreement_quant") if k in out)
+                                                  "token_agreement_quant", "musicgen_logits_max_abs",
+                                                  "speedup_musicgen_small_fp32", "speedup_musicgen_small_int8") if k in out)
     print(f"lm_decode: {line} (threads={args.threads}, bandwidth {bandwidth:.1f} GB/s)")
 
 

@@ -12,7 +12,9 @@ Conditioning comes two ways, both supported (MusicGen sec. 2.2):
 
 - ``cross``: text token states, projected to the model width, are attended to by
   every block; a learned always-visible first entry keeps the attention well defined
-  when the text is dropped for classifier-free guidance;
+  when the text is dropped for classifier-free guidance (``text_null="learned"``), or,
+  as MusicGen's public checkpoints have it (``text_null="zeros"``), padding and dropped
+  text are zero states, so a row without text gets nothing from cross-attention;
 - ``prefix``: the projected text is prepended to the sequence instead (what a
   backbone without cross-attention needs).
 
@@ -56,8 +58,11 @@ class LMConfig:
     dim: int = 512
     backbone: str = "transformer"
     backbone_config: dict[str, Any] = field(default_factory=dict)  # options of that backbone
-    pattern: Literal["parallel", "delay", "flattening", "coarse_first"] = "delay"
+    pattern: Literal["parallel", "delay", "flattening", "coarse_first", "stereo_delay"] = "delay"
     conditioning: Literal["cross", "prefix"] = "cross"
+    # what cross-attention sees where there is no text: a learned always-visible entry (ours),
+    # or zero states (MusicGen: attention without bias then adds exactly nothing)
+    text_null: Literal["learned", "zeros"] = "learned"
     text_encoder: str = "minilm"  # name for tunesmith.conditioning.encoders.get_text_encoder
     text_dim: int = 384
     max_text_tokens: int = 64  # text is truncated to this; the prefix form pads to it
@@ -75,6 +80,8 @@ class LMConfig:
             raise ValueError("max_frames, max_text_tokens and frame_rate must be positive")
         if self.pattern not in PATTERNS:
             raise ValueError(f"unknown pattern '{self.pattern}'")
+        if self.text_null not in ("learned", "zeros"):
+            raise ValueError(f"text_null must be 'learned' or 'zeros', got {self.text_null!r}")
         backbone_config(self.backbone, self.backbone_config)  # unknown backbone or option: error now
 
     @property
@@ -100,7 +107,8 @@ class TokenLM(nn.Module):
         self.start = nn.Parameter(torch.zeros(D))
         self.text_proj = nn.Linear(c.text_dim, D)
         if c.conditioning == "cross":
-            self.cross_start = nn.Parameter(torch.zeros(D))  # always visible: no empty attention rows
+            if c.text_null == "learned":
+                self.cross_start = nn.Parameter(torch.zeros(D))  # always visible: no empty attention rows
         else:
             self.text_pad = nn.Parameter(torch.zeros(D))  # fills padding and dropped text in the prefix
         self.melody_proj = nn.Linear(c.chroma_bins, D) if c.melody else None  # zeros -> its bias: "no melody"
@@ -144,7 +152,13 @@ class TokenLM(nn.Module):
                 raise ValueError(f"text embeddings are {cond.text.shape[-1]}-dim, the model expects {c.text_dim}")
             text = self.text_proj(cond.text[:, : c.max_text_tokens])
             mask = cond.text_mask[:, : c.max_text_tokens] if cond.text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-            if c.conditioning == "cross":
+            if c.conditioning == "cross" and c.text_null == "zeros":
+                # Padding and dropped text become zero states; a row with no real token sees
+                # only zeros, which bias-free keys and values turn into exactly zero output
+                # (where a fully masked row would be NaN or backend-defined).
+                cross = text * mask[..., None].to(text.dtype)
+                cross_mask = mask | ~mask.any(1, keepdim=True)
+            elif c.conditioning == "cross":
                 first = self.cross_start.expand(text.shape[0], 1, -1)
                 cross = torch.cat([first, text], 1)
                 cross_mask = F.pad(mask, (1, 0), value=True)
@@ -152,6 +166,9 @@ class TokenLM(nn.Module):
                 text = F.pad(text, (0, 0, 0, c.max_text_tokens - text.shape[1]))
                 mask = F.pad(mask, (0, c.max_text_tokens - mask.shape[1]), value=False)
                 prefix.append(torch.where(mask[..., None], text, self.text_pad.to(text.dtype)))
+        elif c.conditioning == "cross" and c.text_null == "zeros":
+            cross = self.start.new_zeros(batch_size, 1, c.dim)
+            cross_mask = torch.ones(batch_size, 1, dtype=torch.bool, device=cross.device)
         elif c.conditioning == "cross":
             cross = self.cross_start.expand(batch_size, 1, -1)
             cross_mask = torch.ones(batch_size, 1, dtype=torch.bool, device=cross.device)

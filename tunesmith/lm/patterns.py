@@ -11,9 +11,13 @@ A codec frame holds K tokens, one per residual codebook.  The LM predicts one
 - ``flattening``:   every cell is its own step, s = t * K + k — the exact
                     autoregressive factorisation                          (K * T steps);
 - ``coarse_first``: codebook 0 of every frame first, then the K - 1 finer codebooks
-                    of each frame in parallel (VALL-E-like)              (2 T steps).
+                    of each frame in parallel (VALL-E-like)              (2 T steps);
+- ``stereo_delay``: the delay pattern over (left, right) pairs: codebook k is shifted by
+                    k // 2, so codebooks 2j and 2j + 1 (codebook j of each channel,
+                    interleaved as MusicGen's stereo checkpoints store them) share a
+                    step                                          (T + (K - 1) // 2 steps).
 
-All four have at most one cell per codebook per step, so a pattern is one table
+All five have at most one cell per codebook per step, so a pattern is one table
 ``layout`` (S, K): ``layout[s, k]`` is the frame whose codebook k step s predicts,
 or -1 when step s predicts nothing for codebook k.  Everything else is a gather
 or scatter through that table, which makes the round trip exact by construction.
@@ -25,14 +29,15 @@ from typing import Literal
 
 import torch
 
-PatternName = Literal["parallel", "delay", "flattening", "coarse_first"]
-PATTERNS: tuple[str, ...] = ("parallel", "delay", "flattening", "coarse_first")
+PatternName = Literal["parallel", "delay", "flattening", "coarse_first", "stereo_delay"]
+PATTERNS: tuple[str, ...] = ("parallel", "delay", "flattening", "coarse_first", "stereo_delay")
 
 
 def num_steps(name: str, num_codebooks: int, num_frames: int) -> int:
     """How many pattern steps cover ``num_frames`` frames of ``num_codebooks`` codebooks."""
     K, T = num_codebooks, num_frames
-    steps = {"parallel": T, "delay": T + K - 1 if T > 0 else 0, "flattening": K * T, "coarse_first": 2 * T if K > 1 else T}
+    steps = {"parallel": T, "delay": T + K - 1 if T > 0 else 0, "flattening": K * T, "coarse_first": 2 * T if K > 1 else T,
+             "stereo_delay": T + (K - 1) // 2 if T > 0 else 0}
     if name not in steps:
         raise ValueError(f"unknown pattern '{name}' (known: {', '.join(PATTERNS)})")
     return steps[name]
@@ -62,6 +67,9 @@ def layout(name: str, num_codebooks: int, num_frames: int) -> torch.Tensor:
     elif name == "flattening":
         for k in range(K):
             table[frames * K + k, k] = frames
+    elif name == "stereo_delay":
+        for k in range(K):
+            table[k // 2 : k // 2 + T, k] = frames
     elif name == "coarse_first":
         table[:T, 0] = frames
         if K > 1:

@@ -1,9 +1,12 @@
 """The Transformer decoder backbone: pre-norm blocks of causal self-attention, optional
 cross-attention to the conditioning, and a GELU feed-forward (MusicGen sec. 2.3).
 
-Positions are rotary (applied to queries and keys), so the model has no position
-table and no hard length limit.  Attention is ``F.scaled_dot_product_attention``,
-which picks a fused kernel where one exists.
+Positions are rotary by default (applied to queries and keys), so the model has no
+position table and no hard length limit.  ``positions="sinusoidal"`` instead adds the
+fixed sine/cosine table of MusicGen's public checkpoints to the input (what
+``tunesmith.hub.musicgen`` maps them onto); that table also grows on demand.
+Attention is ``F.scaled_dot_product_attention``, which picks a fused kernel where one
+exists.
 
 Decoding keeps a preallocated KV cache (:class:`KVCache`): one tensor per layer for
 keys and values of shape (B, H, max_len, head_dim), written in place, so a decoding
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +37,13 @@ class TransformerConfig:
     dropout: float = 0.0
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    positions: Literal["rotary", "sinusoidal"] = "rotary"  # sinusoidal: MusicGen's added table
 
     def __post_init__(self) -> None:
         if self.num_layers < 1 or self.num_heads < 1:
             raise ValueError("num_layers and num_heads must be >= 1")
+        if self.positions not in ("rotary", "sinusoidal"):
+            raise ValueError(f"positions must be 'rotary' or 'sinusoidal', got {self.positions!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -62,6 +69,22 @@ def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     rot = rotations.view(1, rotations.shape[0], *([1] * (x.dim() - 3)), rotations.shape[1])
     return torch.view_as_real(pairs * rot).flatten(-2).to(x.dtype)
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """(num_positions, dim) float32: [cos | sin] of position * 10000^(-i / (dim/2 - 1)).
+
+    The tensor2tensor layout MusicGen's checkpoints were trained with: all cosines first,
+    then all sines, the frequencies spanning 1 .. 1/10000 over dim/2 - 1 steps (not the
+    interleaved, dim-normalised form of "Attention Is All You Need").  Computed in
+    float32 in the same order as the reference, so the table matches it bit for bit.
+    """
+    half = dim // 2
+    step = math.log(10000) / max(half - 1, 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.int64).float() * -step)
+    angles = torch.arange(num_positions, dtype=torch.int64).float()[:, None] * freqs[None, :]
+    table = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    return F.pad(table, (0, dim % 2))  # an odd width gets a zero last column
 
 
 # ---------------------------------------------------------------------------
@@ -97,10 +120,13 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def _heads(self, x: torch.Tensor, rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k (rotated) and v, each (B, H, T, hd)."""
+    def _heads(self, x: torch.Tensor, rotations: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (rotated, unless ``rotations`` is None: positions already in x) and v, each (B, H, T, hd)."""
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
+        if rotations is None:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            return q, k, v
         q, k = apply_rotary(qkv[:, :, :2], rotations).permute(2, 0, 3, 1, 4)
         return q, k, qkv[:, :, 2].transpose(1, 2)
 
@@ -108,7 +134,7 @@ class SelfAttention(nn.Module):
         B, H, T, hd = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, H * hd))
 
-    def forward(self, x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor | None) -> torch.Tensor:
         q, k, v = self._heads(x, rotations)
         drop = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True))
@@ -116,7 +142,7 @@ class SelfAttention(nn.Module):
     def step(
         self,
         x: torch.Tensor,
-        rotations: torch.Tensor,
+        rotations: torch.Tensor | None,
         keys: torch.Tensor,
         values: torch.Tensor,
         start: int,
@@ -200,13 +226,13 @@ def _attention_mask(cross_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 @register_backbone("transformer", TransformerConfig)
 class TransformerBackbone(Backbone):
-    """A stack of pre-norm decoder blocks with rotary positions and a final LayerNorm."""
+    """A stack of pre-norm decoder blocks with rotary (or added sinusoidal) positions and a final LayerNorm."""
 
     supports_cross_attention = True
 
     def __init__(self, dim: int, config: TransformerConfig, *, cross_attention: bool = False) -> None:
         super().__init__()
-        if (dim // config.num_heads) % 2:
+        if config.positions == "rotary" and (dim // config.num_heads) % 2:
             raise ValueError(f"head dim {dim // config.num_heads} must be even for rotary positions")
         self.dim, self.config = dim, config
         self.supports_cross_attention = cross_attention  # this instance: built with cross layers or not
@@ -215,6 +241,8 @@ class TransformerBackbone(Backbone):
         self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.gradient_checkpointing = False
         self._rotary = torch.empty(0, dtype=torch.complex64)
+        self.sinusoidal = config.positions == "sinusoidal"
+        self._sinusoids = torch.empty(0, dim)
         init_weights(self, config.num_layers)
 
     def _rotations(self, start: int, end: int, device: torch.device) -> torch.Tensor:
@@ -225,9 +253,25 @@ class TransformerBackbone(Backbone):
             table = self._rotary = rotary_tables(torch.arange(size, device=device), self.head_dim, self.config.rope_base)
         return table[start:end]
 
+    def _positions(self, end: int, device: torch.device) -> torch.Tensor:
+        """The sinusoidal table covering positions 0..end-1 (grown by doubling)."""
+        if self._sinusoids.shape[0] < end or self._sinusoids.device != device:
+            size = max(end, 2 * self._sinusoids.shape[0], 256)
+            self._sinusoids = sinusoidal_table(size, self.dim).to(device)
+        return self._sinusoids
+
+    def _with_positions(self, x: torch.Tensor, start: int, index: torch.Tensor | None = None) -> torch.Tensor:
+        """x plus the sinusoid of each of its positions (start.., or ``index`` on a static step)."""
+        if index is not None:
+            return x + self._sinusoids.index_select(0, index).to(x.dtype)
+        return x + self._positions(start + x.shape[1], x.device)[start : start + x.shape[1]].to(x.dtype)
+
     def forward(self, x, cross=None, cross_mask=None):
         self.check_cross(cross, cross_mask, x)
-        rotations = self._rotations(0, x.shape[1], x.device)
+        if self.sinusoidal:
+            x, rotations = self._with_positions(x, 0), None
+        else:
+            rotations = self._rotations(0, x.shape[1], x.device)
         mask = _attention_mask(cross_mask)
         for block in self.blocks:
             cross_kv = block.cross.keys_values(cross) if (cross is not None and block.cross is not None) else None
@@ -243,8 +287,8 @@ class TransformerBackbone(Backbone):
         shape = (batch_size, self.config.num_heads, max_len, self.head_dim)
         n = len(self.blocks)
         static = device.type == "cuda" if static is None else static
-        if static:
-            self._rotations(0, max_len, device)  # the rotary table must cover the cache before capture
+        if static:  # the position table must cover the cache before capture
+            self._positions(max_len, device) if self.sinusoidal else self._rotations(0, max_len, device)
         return KVCache(
             keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
             values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)],
@@ -263,10 +307,12 @@ class TransformerBackbone(Backbone):
         index = None
         if state.position is not None:  # static shapes: positions from the device-side counter
             index = state.position + torch.arange(t, device=x.device)
-            rotations = self._rotary.index_select(0, index)
+            rotations = None if self.sinusoidal else self._rotary.index_select(0, index)
             state.position.add_(t)
         else:
-            rotations = self._rotations(start, start + t, x.device)
+            rotations = None if self.sinusoidal else self._rotations(start, start + t, x.device)
+        if self.sinusoidal:
+            x = self._with_positions(x, start, index)
         for i, block in enumerate(self.blocks):
             cross_kv = state.cross[i] if state.cross else None
             x = block.step(x, rotations, state.keys[i], state.values[i], start, cross_kv, state.cross_mask, index)
