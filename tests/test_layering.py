@@ -27,14 +27,16 @@ PREFIXES: dict[str, tuple[str, ...]] = {
     "checkpoint": ("tunesmith.checkpoint",),
     "conditioning": ("tunesmith.conditioning",),
     "models": ("tunesmith.codec", "tunesmith.clap", "tunesmith.lm", "tunesmith.diffusion", "tunesmith.distill",
-               "tunesmith.control"),
+               "tunesmith.control", "tunesmith.adapters"),
     "generator": ("tunesmith.generator",),
-    "generators": ("tunesmith.lm.generator", "tunesmith.diffusion.generator", "tunesmith.hub"),
+    "generators": ("tunesmith.lm.generator", "tunesmith.diffusion.generator", "tunesmith.hub",
+                   "tunesmith.adapters.generator"),
     "eval": ("tunesmith.eval",),
     "training": ("tunesmith.train", "tunesmith.lm.train", "tunesmith.lm.data", "tunesmith.diffusion.train",
                  "tunesmith.codec.task", "tunesmith.codec.train", "tunesmith.codec.train_vae",
                  "tunesmith.codec.export", "tunesmith.codec.curves",
-                 "tunesmith.clap.train", "tunesmith.clap.report"),
+                 "tunesmith.clap.train", "tunesmith.clap.report",
+                 "tunesmith.adapters.finetune", "tunesmith.adapters.data", "tunesmith.adapters.autocaption"),
     "serve": ("tunesmith.serve",),
     "cli": ("tunesmith.cli",),
 }
@@ -133,3 +135,30 @@ def test_the_networks_import_no_text_encoder_and_no_corpus_tables():
                                                    "tunesmith.conditioning.encoders",
                                                    "tunesmith.conditioning.instruments"))]
     assert not unwanted, f"the networks imported {unwanted}"
+
+
+def test_loading_an_adapter_imports_no_training_code_and_no_peft(tmp_path):
+    """An adapter directory loads as its base generator with the update merged by our own
+    code: neither the training layer nor peft (5 s of imports) is loaded to generate."""
+    import torch
+
+    from tunesmith.adapters.directory import write_adapter
+    from tunesmith.adapters.lora import PEFT_PREFIX
+    from tunesmith.serve.testing import tiny_generator
+
+    base = tiny_generator(tmp_path / "base")
+    tensors = {f"{PEFT_PREFIX}blocks.0.qkv.lora_A.weight": torch.randn(2, 32),
+               f"{PEFT_PREFIX}blocks.0.qkv.lora_B.weight": torch.randn(96, 2)}
+    write_adapter(tmp_path / "adapter", tensors, base=str(base), base_dir=base, rank=2, alpha=2.0, targets=[],
+                  modules=["blocks.0.qkv"], peft_config={"peft_type": "LORA", "r": 2})
+    code = (
+        "import sys, tunesmith\n"
+        f"tunesmith.load({str(tmp_path / 'adapter')!r})\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('tunesmith', 'peft')))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    loaded = set(out.stdout.split())
+    assert "tunesmith.adapters.generator" in loaded
+    unwanted = [m for m in loaded if layer_of(m) in ("training", "eval", "cli") or m.startswith("peft")
+                or m.startswith(("tunesmith.lm", "tunesmith.clap"))]
+    assert not unwanted, f"loading an adapter imported {unwanted}"

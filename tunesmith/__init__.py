@@ -20,13 +20,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 DEFAULT_GENERATOR = "tunesmith-small-dit"  # what `tunesmith generate` and `tunesmith.load()` use
 
 
-def load(name_or_path: str | None = None, device: str = "cpu"):
+def load(name_or_path: str | None = None, device: str = "cpu", *, adapter_scale: float | None = None):
     """Load a bundled model by name, a model directory, or a Hugging Face repo id; with no
     name (or ``"default"``), the default generator the CLI uses.
 
     A generator directory (its config names a ``generator_type``) gives a
     :class:`tunesmith.generator.Generator` (``.generate(prompts, duration=..., seed=...)``);
-    any other model directory gives the ``nn.Module``.
+    any other model directory gives the ``nn.Module``.  A LoRA adapter directory (from
+    ``tunesmith finetune``) gives its base generator with the update merged in, at
+    ``adapter_scale`` (0: the base; default: the adapter's own strength, 1).
     """
     from tunesmith.checkpoint import detect_format, load_model, read_directory_meta, resolve
 
@@ -37,7 +39,11 @@ def load(name_or_path: str | None = None, device: str = "cpu"):
     if public or "generator_type" in read_directory_meta(directory):
         from tunesmith.generator import load_generator
 
-        return load_generator(directory, device=device)
+        return load_generator(directory, device=device, adapter_scale=adapter_scale)
+    if adapter_scale is not None:
+        from tunesmith.errors import CheckpointError
+
+        raise CheckpointError(f"an adapter scale applies to a LoRA adapter; {name_or_path} is not a generator")
     return load_model(directory, map_location=device)
 
 

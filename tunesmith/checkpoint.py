@@ -46,6 +46,7 @@ MODEL_TYPE_MODULES: dict[str, str] = {
 GENERATOR_TYPE_MODULES: dict[str, str] = {  # generator_type -> "module:class"
     "token-lm": "tunesmith.lm.generator:TokenLMGenerator",
     "latent-diffusion": "tunesmith.diffusion.generator:LatentDiffusionGenerator",
+    "lora-adapter": "tunesmith.adapters.generator:AdapterGenerator",  # a base generator + a LoRA update
 }
 # public layouts: format name -> "module:function(directory, device) -> Generator", imported on first use
 PUBLIC_FORMATS: dict[str, str] = {

@@ -47,6 +47,7 @@ from tunesmith.errors import CheckpointError
 
 CODEC_DIR = "codec"
 MAX_PROMPT_CHARS = 2000
+ADAPTER_GENERATOR_TYPE = "lora-adapter"  # tunesmith.adapters: the one type that takes an adapter scale
 MAX_DURATION = 3600.0  # seconds; whatever a model's config claims (a hostile one may say 1e9)
 
 
@@ -246,17 +247,21 @@ class Generator:
     @classmethod
     def load(cls, directory: Path, device: str = "cpu") -> "Generator":
         """Rebuild a generator from its directory: the network (fp32), its codec, its settings."""
-        meta = read_model_config(directory)
-        network = load_model(directory, map_location=device).float()  # fp16 on disk, fp32 to run
-        codec_dir = Path(directory) / CODEC_DIR
-        if not meta.get("codec") and not codec_dir.is_dir():
-            raise CheckpointError(f"{directory} has no codec under {CODEC_DIR}/ and names no bundled one")
-        codec = load_model(meta.get("codec") or codec_dir, map_location=device)
-        return cls.from_parts(network, codec, meta, device)
+        return cls.from_parts(*load_parts(directory, device), device)
 
     @classmethod
     def from_parts(cls, network: torch.nn.Module, codec: Any, meta: dict[str, Any], device: str) -> "Generator":
         raise NotImplementedError
+
+
+def load_parts(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """(network in fp32, codec, config.json) of a generator directory: what ``from_parts`` takes."""
+    meta = read_model_config(directory)
+    network = load_model(directory, map_location=device).float()  # fp16 on disk, fp32 to run
+    codec_dir = Path(directory) / CODEC_DIR
+    if not meta.get("codec") and not codec_dir.is_dir():
+        raise CheckpointError(f"{directory} has no codec under {CODEC_DIR}/ and names no bundled one")
+    return network, load_model(meta.get("codec") or codec_dir, map_location=device), meta
 
 
 def frames_for(duration: float, frame_rate: float, minimum: int = 1) -> int:
@@ -287,19 +292,30 @@ def generator_class(generator_type: str) -> type[Generator]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_generator(name_or_path: str | Path | None = None, device: str = "cpu") -> Generator:
-    """Load a generator from a bundled name, a directory, or ``None``/"default" for the default one."""
+def load_generator(name_or_path: str | Path | None = None, device: str = "cpu", *,
+                   adapter_scale: float | None = None) -> Generator:
+    """Load a generator from a bundled name, a directory, or ``None``/"default" for the default one.
+
+    ``adapter_scale``: for a LoRA adapter directory, the strength of its update (0: the base
+    exactly; default: the adapter's own, 1 unless changed); an error for anything else."""
     if name_or_path is None or str(name_or_path) == "default":
         name_or_path = DEFAULT_GENERATOR
     directory = resolve(name_or_path)
     public = detect_format(directory)  # MusicGen (transformers), Stable Audio Open (diffusers)
     if public is not None:
+        if adapter_scale is not None:
+            raise CheckpointError(f"an adapter scale applies to a LoRA adapter; {name_or_path} is a {public} checkpoint")
         refuse_pickles(directory)
         module_name, _, function = PUBLIC_FORMATS[public].partition(":")
         return getattr(importlib.import_module(module_name), function)(directory, device)
     if not (Path(directory) / CONFIG_FILE).is_file():
         refuse_pickles(directory)  # audiocraft's own checkpoints are pickles: say so, not "no config.json"
     kind = read_directory_meta(directory).get("generator_type")
+    if adapter_scale is not None:
+        if kind != ADAPTER_GENERATOR_TYPE:
+            raise CheckpointError(f"an adapter scale applies to a LoRA adapter; {name_or_path} is not one "
+                                  f"(generator_type={kind!r})")
+        return generator_class(kind).load(directory, device, adapter_scale=adapter_scale)  # type: ignore[call-arg]
     if kind in _LOADERS:
         return _LOADERS[kind](directory, device)
     if kind in GENERATOR_TYPE_MODULES:

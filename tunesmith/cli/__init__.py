@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "generate": ("tunesmith.cli.generate", "text (and melody) in, a .wav out"),
     "models": ("tunesmith.cli.models", "list the bundled models"),
     "train": ("tunesmith.cli.train", "train a model (codec, vae, clap, lm, diffusion) with the shared engine"),
+    "finetune": ("tunesmith.cli.finetune", "fine-tune a model on a folder of your audio (LoRA); merge an adapter"),
     "eval": ("tunesmith.cli.eval", "evaluate a generator on a prompt set and write a report"),
     "data": ("tunesmith.cli.data", "build the open corpus, index user audio, write shards"),
     "codec": ("tunesmith.cli.codec", "encode/decode audio with the neural codec, evaluate, cache or export it"),

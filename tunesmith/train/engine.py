@@ -429,6 +429,11 @@ class Trainer:
     def _request_stop(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
 
+    def request_stop(self) -> None:
+        """End :meth:`fit` after the current step, with a checkpoint, as SIGINT does (early
+        stopping calls this from ``on_step_end``); the result says ``interrupted``."""
+        self._stop_requested = True
+
     def _seed_step(self) -> None:
         seed = (self.config.seed * 1_000_003 + self.rank * 7919 + self.step) % (2**63)
         torch.manual_seed(seed)
