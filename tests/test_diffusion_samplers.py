@@ -68,7 +68,7 @@ def mixture_samples(n, weights, means, stds, seed):
     return torch.tensor(means)[k] + torch.tensor(stds)[k] * torch.randn(n, generator=g)
 
 
-STEPS = {"euler": 100, "heun": 30, "ddim": 100, "dpmpp-2m": 30, "dpmpp-3m-sde": 60}
+STEPS = {"euler": 100, "heun": 30, "ddim": 100, "dpmpp-2m": 30, "dpmpp-2m-sde": 60, "dpmpp-3m-sde": 60}
 MIX = ([0.3, 0.7], [-2.0, 1.5], [0.3, 0.5])
 
 
@@ -310,7 +310,7 @@ def test_cfg_shifts_the_sampled_mean_as_predicted():
 # seeds
 
 
-@pytest.mark.parametrize("sampler", ["euler", "ddim", "dpmpp-3m-sde"])
+@pytest.mark.parametrize("sampler", ["euler", "ddim", "dpmpp-2m-sde", "dpmpp-3m-sde"])
 def test_stochastic_samplers_reproduce_with_a_seed(sampler):
     den = gaussian_denoiser(0.0, 1.0)
     opts = {"s_churn": 10.0} if sampler == "euler" else ({"eta": 1.0} if sampler == "ddim" else {})

@@ -32,6 +32,10 @@ def test_new_files_follow_the_umask(tmp_path, umask_027):
     with atomic_directory(tmp_path / "d") as d:
         (d / "f").write_text("x")
     assert mode(tmp_path / "d") == 0o750
+    from tunesmith.checkpoint import save_tensors
+
+    save_tensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")  # safetensors itself writes 0600
+    assert mode(tmp_path / "w.safetensors") == 0o640
 
 
 def test_an_overwritten_file_keeps_its_mode(tmp_path, umask_027):

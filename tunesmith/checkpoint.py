@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tunesmith import __version__
 from tunesmith.config import from_dict, to_dict
 from tunesmith.errors import CheckpointError, ConfigError
-from tunesmith.files import atomic_directory
+from tunesmith.files import atomic_directory, current_umask
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -39,6 +39,7 @@ _MODEL_TYPES: dict[str, tuple[type, type]] = {}
 MODEL_TYPE_MODULES: dict[str, str] = {
     "codec-rvq": "tunesmith.codec.model",
     "codec-vae": "tunesmith.codec.model",
+    "codec-oobleck": "tunesmith.codec.oobleck",  # Stable Audio's VAE (tunesmith/hub/stable_audio.py)
     "clap": "tunesmith.clap.model",
     "lm": "tunesmith.lm.model",
     "dit": "tunesmith.diffusion.dit",
@@ -117,6 +118,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
         save_file(flat, str(path), metadata=metadata)
     except SafetensorError as err:  # a full disk arrives as "os error 28"
         raise OSError(f"cannot write {path}: {err}") from None
+    os.chmod(path, 0o666 & ~current_umask())  # safetensors writes 0600; new files follow the umask
 
 
 def _looks_like_safetensors(path: Path) -> bool:
