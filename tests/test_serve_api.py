@@ -388,6 +388,18 @@ def test_a_ditto_job_reports_each_control_and_reproduces(client, generator, sett
     assert plain["info"] == {}
 
 
+def test_text_control_by_clap_on_the_unconditional_model(client, generator):
+    controls = {"steps": 2, "clap": "a solo cello", "unconditional": True, "control_iterations": 2}
+    response = client.post("/v1/generations", json={"prompt": "ignored", "duration": 1.0, "seed": 3, **controls})
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    report = job["info"]["control_report"]["clap"]
+    assert report["score"] == pytest.approx(1 - report["loss"], abs=1e-3)
+    assert generator.generate("other words", 1.0, 3, **controls).info["control_report"]["clap"] == report
+    assert_error(client.post("/v1/generations", json={"prompt": "x", "clap": ""}), 400, "clap")
+
+
 def test_intensity_and_melody_as_uploads(client, settings):
     form = {"prompt": "a swelling drone", "duration": "1", "steps": "2", "control_iterations": "2", "seed": "1"}
     response = client.post("/v1/generations", data=form,

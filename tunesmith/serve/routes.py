@@ -258,7 +258,7 @@ def check_noise_targets(model: ServedModel, duration: float, controls: dict[str,
     targets = noise_targets(model, controls, audio_inputs)
     if not targets:
         if "control_iterations" in controls:
-            raise ApiError(400, "control_iterations needs a target: intensity, structure, loop or melody")
+            raise ApiError(400, "control_iterations needs a target: intensity, structure, loop, melody or clap")
         return
     if "init_audio" in audio_inputs:
         raise ApiError(400, f"{', '.join(targets)} (noise optimisation) do not combine with init_audio: "

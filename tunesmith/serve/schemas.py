@@ -19,10 +19,10 @@ Sampler = Literal["dpmpp-2m", "euler", "heun", "ddim", "dpmpp-2m-sde", "dpmpp-3m
 
 # request fields that are generator controls, passed on only when given
 CONTROL_FIELDS = ("steps", "cfg", "sampler", "strength", "mask", "temperature", "top_k", "top_p",
-                  "intensity", "structure", "loop", "control_iterations")
+                  "intensity", "structure", "loop", "clap", "control_iterations", "unconditional")
 # the noise-optimisation (DITTO) targets a request may give as text or numbers; melody (and
 # intensity as a recording) come as uploaded files
-NOISE_TARGET_FIELDS = ("intensity", "structure", "loop")
+NOISE_TARGET_FIELDS = ("intensity", "structure", "loop", "clap")
 
 
 class ErrorBody(BaseModel):
@@ -55,9 +55,14 @@ class Controls(BaseModel):
         "'A:4,B:8,A:4' (seconds)")
     loop: float | None = Field(None, gt=0, le=600, description="seconds: the last S seconds repeat the first S, "
                                "so the clip loops (at most half the clip)")
+    clap: str | None = Field(None, min_length=1, max_length=500,
+                             description="a text to sound like, by tunesmith's CLAP (text control by noise "
+                             "optimisation; with unconditional=true the prompt's text is not used otherwise)")
     control_iterations: int | None = Field(
-        None, ge=1, description="noise-optimisation steps towards intensity, structure, loop or melody "
+        None, ge=1, description="noise-optimisation steps towards intensity, structure, loop, melody or clap "
         "(default 20, or this server's limit if lower)")
+    unconditional: bool | None = Field(None, description="ignore the prompt's text (timing stays): a baseline, "
+                                       "or text control by clap alone (diffusion models)")
 
     @field_validator("mask", mode="before")
     @classmethod

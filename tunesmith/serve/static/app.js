@@ -15,8 +15,9 @@
   const RECENT_STORE = "tunesmith.recent";
   const RECENT_MAX = 30;
   const SETTINGS = ["steps", "cfg", "sampler", "temperature", "top_k", "top_p",
-                    "intensity", "structure", "loop", "control_iterations"];
-  const TEXT = new Set(["intensity", "structure"]);  // sent as typed; the rest are numbers (or a select)
+                    "intensity", "structure", "loop", "clap", "control_iterations", "unconditional"];
+  // sent as typed; a checkbox as true or not at all; the rest are numbers (or a select)
+  const TEXT = new Set(["intensity", "structure", "clap"]);
   const INTEGER = new Set(["steps", "top_k", "seed", "control_iterations"]);
   // audio inputs: the request's field -> the file input's id
   const UPLOADS = { init_audio: "init_audio", melody: "melody", prompt_audio: "prompt_audio",
@@ -25,7 +26,7 @@
   // CLI flags of `tunesmith generate` for the controls it takes (mask: one --inpaint START:END per region)
   const CLI_FLAGS = { steps: "--steps", cfg: "--cfg", temperature: "--temperature", top_k: "--top-k",
                       strength: "--strength", intensity: "--intensity", structure: "--structure", loop: "--loop",
-                      control_iterations: "--control-iterations" };
+                      clap: "--clap", control_iterations: "--control-iterations" };
   // the CLI's flags for uploaded inputs, with a stand-in for the file the person uploaded
   const CLI_FILES = { init_audio: "--init-audio INIT_AUDIO.wav", melody: "--melody MELODY.wav",
                       intensity: "--intensity INTENSITY.wav" };
@@ -288,6 +289,7 @@
       if (!controls[name]) continue;
       const input = $(name);
       if (input.tagName === "SELECT") body[name] = input.value || undefined;
+      else if (input.type === "checkbox") body[name] = input.checked || undefined;
       else if (TEXT.has(name)) body[name] = input.value.trim() || undefined;
       else body[name] = numberField(input, name);
     }
@@ -562,6 +564,7 @@
     const missing = [];
     for (const [control, value] of Object.entries(job.controls || {})) {
       if (control === "mask") for (const [start, end] of value) parts.push(`--inpaint ${start}:${end}`);
+      else if (control === "unconditional") { if (value) parts.push("--unconditional"); }
       else if (CLI_FLAGS[control]) parts.push(`${CLI_FLAGS[control]} ${shellQuote(String(value))}`);
       else missing.push(`${control}=${JSON.stringify(value)}`);
     }
