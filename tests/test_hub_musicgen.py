@@ -206,6 +206,13 @@ def test_load_and_cli_write_a_wav(mono, tmp_path, monkeypatch):
     data, rate = soundfile.read(out)
     assert rate == 3200 and data.shape == (1600,) and abs(data).max() > 0
     assert json.loads((tmp_path / "mg.wav.json").read_text())["model"] == f"./{mono.name}"
+    # --int8: the same decoding with int8 weights
+    assert main(["generate", "calm piano", "--model", f"./{mono.name}", "--duration", "0.5", "--seed", "1",
+                 "--top-k", "4", "--int8", "-o", str(tmp_path / "mg8.wav"), "--no-progress"]) == 0
+    assert soundfile.read(tmp_path / "mg8.wav")[0].shape == (1600,)
+    assert json.loads((tmp_path / "mg8.wav.json").read_text())["int8"] is True
+    assert main(["generate", "x", "--int8", "--model", "tunesmith-small-dit", "-o", str(tmp_path / "no.wav")]) == 2
+    assert not (tmp_path / "no.wav").exists()
 
 
 # ---------------------------------------------------------------------------

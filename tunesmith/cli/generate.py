@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion models)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (token-LM models)")
     p.add_argument("--top-k", type=int, default=None, help="top-k sampling (token-LM models)")
+    p.add_argument("--int8", action="store_true", help="int8 weights for decoding (token LMs on CPU: about 4x faster "
+                                                     "for MusicGen, logits within about 1%%)")
     p.add_argument("--intensity", metavar="CURVE",
                    help="loudness over time, e.g. '0:soft,5:loud,10:-30' (seconds:dBFS or word), or an audio file "
                         "whose loudness to follow (diffusion models, by noise optimisation)")
@@ -190,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UserError(f"--adapter-scale: {err}") from None
     generator = load_generator(args.model, adapter_scale=args.adapter_scale)
+    if args.int8:
+        if not hasattr(generator, "use_int8"):
+            raise UserError(f"--int8 is for token-LM models; '{args.model}' is a {generator.generator_type} model")
+        generator.use_int8()
     controls: dict[str, Any] = {name: getattr(args, name) for name in ("cfg", "steps", "temperature", "top_k",
                                                                        "intensity", "structure", "loop",
                                                                        "control_iterations", "control_lr", "strength", "init_audio",
@@ -234,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
             "melody": args.melody,
             "controls": {k: v for k, v in controls.items() if k != "melody"},
             "generation_seconds": round(seconds, 3),
+            **({"int8": True} if args.int8 else {}),  # int8 decoding gives other audio than fp32
             **({"adapter": generator.adapter} if hasattr(generator, "adapter") else {}),  # a LoRA adapter: its base, strength
             **audio.info,  # e.g. each control's achieved loss and adherence
         }

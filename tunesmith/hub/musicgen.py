@@ -148,14 +148,6 @@ class MusicgenGenerator(TokenLMGenerator):
         super().__init__(lm, codec, text_encoder, cfg=cfg, int8=int8)
         self.source = Path(source)
 
-    def use_int8(self, on: bool = True) -> "MusicgenGenerator":
-        """Decode with int8 linear weights (CPU; about 4x fewer bytes per step) or go back to fp32."""
-        from tunesmith.lm.int8 import quantize_int8
-
-        self.int8 = bool(on)
-        self.decoder_lm = quantize_int8(self.lm) if on else self.lm
-        return self
-
     def save(self, directory: Any, **_: Any) -> Path:  # type: ignore[override]
         raise ValueError(f"a MusicGen generator is read from its transformers directory ({self.source}); "
                          "it has no tunesmith directory to save")

@@ -92,6 +92,12 @@ class TokenLMGenerator(Generator):
     def accepts(self, control: str) -> bool:
         return self.lm.config.melody if control == "melody" else super().accepts(control)
 
+    def use_int8(self, on: bool = True) -> "TokenLMGenerator":
+        """Decode with int8 linear weights (CPU; about 4x fewer bytes read per step) or go back to fp32."""
+        self.int8 = bool(on)
+        self.decoder_lm = quantize_int8(self.lm) if on else self.lm
+        return self
+
     def conditioning(self, prompts: list[str], num_frames: int, melody: Any = None) -> Conditioning:
         """The prompts' conditioning as this LM takes it; for a melody model, the reference's
         one-hot chroma (zeros, "no melody", without one)."""
