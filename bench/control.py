@@ -48,6 +48,7 @@ from tunesmith.audio import Audio  # noqa: E402
 from tunesmith.checkpoint import load_model  # noqa: E402
 from tunesmith.control.ditto import FEATURE_RATE, ControlLoss  # noqa: E402
 from tunesmith.control.features import spectral_frames  # noqa: E402
+from tunesmith.diffusion.generator import reference_targets  # noqa: E402
 from tunesmith.eval.metrics import frechet_audio_distance, mel_statistics_embedding  # noqa: E402
 from tunesmith.music import parse_key_name  # noqa: E402
 
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         text_score = float(clap.embed_audio(plain.samples, sr) @ clap.embed_text([prompt]).T)
         for name in CONTROLS:
             target = {name: targets[name]}
-            before_loss = ControlLoss(gen_targets(target, d), sr, d, clap=clap if name == "clap" else None)
+            before_loss = ControlLoss(reference_targets(target, d), sr, d, clap=clap if name == "clap" else None)
             extra = {"unconditional": True} if name == "clap" else {}
             if name == "clap":  # the baseline of text control: the unconditional model, no control
                 uncond = gen.generate(prompt, d, seed=seed, unconditional=True)
@@ -234,13 +235,6 @@ def targets_met(result: dict[str, Any]) -> dict[str, bool]:
         "fad_ratio": result["fad_ratio"] <= TARGETS["fad_ratio"],
         "kept_audio_exact": bool(result["kept_audio_exact"]),
     }
-
-
-def gen_targets(target: dict[str, Any], duration: float) -> dict[str, Any]:
-    """The targets as the loss takes them (a reference melody as its chroma)."""
-    from tunesmith.diffusion.generator import reference_targets
-
-    return reference_targets(target, duration)
 
 
 def draw_figure(data: dict[str, Any], sample_rate: int, duration: float, path: Path) -> None:

@@ -120,7 +120,10 @@ class LatentDiffusionGenerator(Generator):
 
     def encode_audio(self, audio: Audio | str | Path, frames: int | None = None) -> torch.Tensor:
         """Reference audio -> model-scaled latents (1, D, F), optionally cut to ``frames``."""
-        wav = self.reference_audio(audio, "init_audio")
+        return self.encode_wav(self.reference_audio(audio, "init_audio"), frames)
+
+    def encode_wav(self, wav: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """(1, C, T) audio at the codec's rate and channels -> model-scaled latents (1, D, F)."""
         with torch.inference_mode():
             latents = self.codec.encode(wav.to(self.device)).float() * self.latent_scale
         if frames is not None:
@@ -292,7 +295,7 @@ class LatentDiffusionGenerator(Generator):
         init_latents, keep, reference = None, None, None
         if init_audio is not None:
             reference = self.reference_audio(init_audio, "init_audio")
-            init_latents = self.encode_audio(Audio(reference, self.sample_rate), frames)
+            init_latents = self.encode_wav(reference, frames)
             have = init_latents.shape[-1]
             if mask is not None or have < frames:
                 keep = self.keep_mask(mask, frames, have)

@@ -237,13 +237,12 @@ class StableAudioGenerator(LatentDiffusionGenerator):
         frames = super().num_frames(duration)
         return max(frames, self.window_frames) if self.full_window else frames
 
-    def encode_audio(self, audio: Audio | str | Path, frames: int | None = None) -> torch.Tensor:
+    def encode_wav(self, wav: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """With the full window: the reference in a window of silence, as the pipeline encodes it
         (so a reference of any length up to the window is audio-to-audio; regenerate a region,
         e.g. to continue a clip, with ``mask``)."""
         if frames is None or not self.full_window:
-            return super().encode_audio(audio, frames)
-        wav = self.reference_audio(audio, "init_audio")
+            return super().encode_wav(wav, frames)
         samples = frames * self.codec.samples_per_frame
         wav = F.pad(wav, (0, max(0, samples - wav.shape[-1])))[..., :samples]
         with torch.inference_mode():
