@@ -23,23 +23,30 @@ import torch.nn.functional as F
 
 
 
+# The cached tensors are made outside inference mode even when the first caller is inside it: an
+# inference tensor, once cached, would break every later caller that wants gradients (DITTO's losses).
+
+
 @lru_cache(maxsize=32)
 def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> torch.Tensor:
     import librosa
 
-    return torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)).float()
+    with torch.inference_mode(False):
+        return torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)).float()
 
 
 @lru_cache(maxsize=32)
 def chroma_basis(sample_rate: int, n_fft: int) -> torch.Tensor:
     import librosa
 
-    return torch.from_numpy(librosa.filters.chroma(sr=sample_rate, n_fft=n_fft)).float()
+    with torch.inference_mode(False):
+        return torch.from_numpy(librosa.filters.chroma(sr=sample_rate, n_fft=n_fft)).float()
 
 
 @lru_cache(maxsize=8)
 def _window(n_fft: int, device: str) -> torch.Tensor:
-    return torch.hann_window(n_fft, device=device)
+    with torch.inference_mode(False):
+        return torch.hann_window(n_fft, device=device)
 
 
 def stft_magnitude(wav: torch.Tensor, n_fft: int, hop: int, power: float = 1.0) -> torch.Tensor:
