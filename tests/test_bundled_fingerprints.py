@@ -6,6 +6,9 @@ prompt and seed is compared with what it made when the fingerprint was recorded:
 loudness curve, its chroma, and (for the DiT) statistics of the latents before decoding.
 Tolerances allow for float rounding on another CPU, not for a changed computation.
 
+The fingerprints are of the raw model output (``loudness=None``); one more, of the default
+model's output as users get it (normalised to -16 LUFS), checks the normalisation on top.
+
 Re-record (only after a deliberate change of model or sampler): ``python tests/test_bundled_fingerprints.py``.
 """
 
@@ -24,19 +27,28 @@ PROMPT = "A lively march for brass band in B-flat major, 120 BPM."
 SEED, DURATION, WINDOW = 2, 4.0, 0.5
 
 
-def fingerprint(name: str) -> dict[str, list[float]]:
+NORMALISED = "tunesmith-small-dit normalised"  # the fixture's entry for the normalised output
+
+
+def fingerprint(name: str, loudness: float | None = None) -> dict[str, list[float]]:
     import tunesmith
     from tunesmith.spectral import chromagram
 
     generator = tunesmith.load(name)
     torch.manual_seed(0)
-    audio = generator.generate(PROMPT, duration=DURATION, seed=SEED)
+    audio = generator.generate(PROMPT, duration=DURATION, seed=SEED, loudness=loudness)
     wav = audio.samples[0, 0].double()
     hop = int(WINDOW * audio.sample_rate)
     rms = wav[: len(wav) // hop * hop].reshape(-1, hop).pow(2).mean(1).sqrt()
     chroma = chromagram(audio.samples[0, 0].float(), audio.sample_rate).double().mean(-1)
     out = {"loudness_db": (20 * rms.clamp_min(1e-9).log10()).tolist(),
            "chroma": (chroma / chroma.sum()).tolist()}
+    if loudness is not None:
+        from tunesmith.loudness import integrated_loudness, true_peak
+
+        out["lufs"] = [integrated_loudness(audio.samples[0], audio.sample_rate),
+                       true_peak(audio.samples[0], audio.sample_rate)]
+        return out
     if hasattr(generator, "generate_latents"):  # the DiT: the latents before the VAE
         cond, uncond = generator.conditioning([PROMPT], DURATION)
         latents = generator.generate_latents(cond, uncond, generator.num_frames(DURATION), SEED,
@@ -61,9 +73,25 @@ def test_bundled_output_matches_its_fingerprint(name, stored, one_thread):
         np.testing.assert_allclose(now["latents"], then["latents"], rtol=0.02, atol=0.02, err_msg="latents moved")
 
 
+def test_normalised_output_matches_its_fingerprint(stored, one_thread):
+    """The default model's output as users get it: the raw curve moved by one gain to -16 LUFS."""
+    now, then = fingerprint("tunesmith-small-dit", -16.0), stored[NORMALISED]
+    np.testing.assert_allclose(now["lufs"][0], -16.0, atol=0.05, err_msg="not at the target loudness")
+    assert now["lufs"][1] <= -1.0 + 0.05, "true peak above the ceiling"
+    np.testing.assert_allclose(now["loudness_db"], then["loudness_db"], atol=1.0, err_msg="loudness curve moved")
+    np.testing.assert_allclose(now["lufs"], then["lufs"], atol=0.3, err_msg="loudness or true peak moved")
+    raw = np.array(stored["tunesmith-small-dit"]["loudness_db"])  # a gain (and the limiter's dips) on the raw curve
+    shift = np.array(now["loudness_db"]) - raw
+    assert np.corrcoef(raw, now["loudness_db"])[0, 1] > 0.95 and np.median(shift) > 1.0, \
+        "the normalised output is not the raw output brought up"
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     FIXTURE.parent.mkdir(exist_ok=True)
-    names = sys.argv[1:] or ["tunesmith-small-dit", "tunesmith-small"]
-    FIXTURE.write_text(json.dumps({n: fingerprint(n) for n in names}, indent=1) + "\n")
+    names = sys.argv[1:] or ["tunesmith-small-dit", "tunesmith-small", NORMALISED]
+    stored = json.loads(FIXTURE.read_text()) if FIXTURE.is_file() else {}
+    for n in names:
+        stored[n] = fingerprint("tunesmith-small-dit", -16.0) if n == NORMALISED else fingerprint(n)
+    FIXTURE.write_text(json.dumps(stored, indent=1) + "\n")
     print(f"wrote {FIXTURE}")

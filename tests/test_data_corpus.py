@@ -48,16 +48,27 @@ def scores(tmp_path_factory):
     return folder
 
 
-def _build(out, scores, workers=2, hours=0.03, seed=0):
+@pytest.fixture(scope="module")
+def fonts(tmp_path_factory):
+    """Two SoundFonts by name (links to the one installed: CI has one), so that every build picks per render."""
+    from tunesmith.data.soundfont import find_soundfont
+
+    folder = tmp_path_factory.mktemp("fonts")
+    for name in ("GM-A.sf2", "GM-B.sf2"):
+        (folder / name).symlink_to(find_soundfont())
+    return [str(folder / "GM-B.sf2"), str(folder / "GM-A.sf2")]  # out of order: the build sorts them
+
+
+def _build(out, scores, fonts, workers=2, hours=0.03, seed=0):
     options = BuildOptions(out=str(out), hours=hours, seed=seed, sources=[str(scores)], workers=workers,
-                           min_clip=6.0, max_clip=14.0, sample_rate=16000)
+                           min_clip=6.0, max_clip=14.0, sample_rate=16000, soundfonts=fonts)
     return build_corpus(options, progress=False)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, scores):
+def built(tmp_path_factory, scores, fonts):
     out = tmp_path_factory.mktemp("corpus")
-    summary = _build(out, scores)
+    summary = _build(out, scores, fonts)
     return out, summary, read_manifest(out / "manifest.jsonl")
 
 
@@ -147,6 +158,37 @@ def test_splits_are_by_work(built):
     assert 0.87 < shares["train"] < 0.93 and 0.03 < shares["valid"] < 0.07
 
 
+def test_each_render_has_one_soundfont_drawn_by_the_seed_and_recorded(built, fonts):
+    """Per render, not per clip: the clips of one render share it; the seed, work and render decide it."""
+    from tunesmith.data.manifest import stable_hash
+    from tunesmith.data.soundfont import pick_soundfont
+
+    out, summary, records = built
+    by_render = {}
+    for r in records:
+        render = r["id"].rsplit("-c", 1)[0]
+        assert by_render.setdefault(render, r["soundfont"]) == r["soundfont"]
+        index = int(render.rsplit("-r", 1)[1])
+        assert r["soundfont"] == Path(pick_soundfont(sorted(fonts), 0, stable_hash(r["source"]), index)).stem
+    assert set(by_render.values()) == {"GM-A", "GM-B"}  # both used
+    assert summary["soundfonts"] == {name: sum(r["soundfont"] == name for r in records) for name in ("GM-A", "GM-B")}
+    card = (out / "CARD.md").read_text()
+    assert "| GM-A | GM-A.sf2 |" in card and "unknown (user-supplied)" in card
+
+
+def test_soundfont_choice_is_seeded_and_known_ones_carry_their_licence():
+    from tunesmith.data.soundfont import SOUNDFONTS, find_soundfonts, pick_soundfont, soundfont_licence
+
+    fonts = ["a.sf2", "b.sf2", "c.sf2"]
+    picks = [pick_soundfont(fonts, 0, 12345, k) for k in range(60)]
+    assert picks == [pick_soundfont(fonts, 0, 12345, k) for k in range(60)]
+    assert set(picks) == set(fonts) and picks != [pick_soundfont(fonts, 1, 12345, k) for k in range(60)]
+    assert pick_soundfont(["only.sf2"], 3, 1, 2) == "only.sf2"
+    assert all(info.licence for info in SOUNDFONTS) and soundfont_licence("FluidR3_GM").startswith("MIT")
+    installed = find_soundfonts()
+    assert installed == sorted(installed, key=lambda p: Path(p).stem) or len(installed) == 1
+
+
 def test_long_clips_have_time_aware_segments(built):
     _, _, records = built
     for r in records:
@@ -160,16 +202,16 @@ def test_long_clips_have_time_aware_segments(built):
 
 
 @pytest.mark.slow
-def test_same_seed_same_bytes_and_resume(built, scores, tmp_path):
+def test_same_seed_same_bytes_and_resume(built, scores, fonts, tmp_path):
     out, _, _ = built
     other = tmp_path / "again"
-    _build(other, scores, workers=1, hours=0.015)  # a smaller build first, then resumed to full size
-    _build(other, scores, workers=1)
+    _build(other, scores, fonts[::-1], workers=1, hours=0.015)  # a smaller build first, then resumed to full size
+    _build(other, scores, fonts, workers=1)
     assert (other / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
     first = read_manifest(out / "manifest.jsonl")[0]
     assert (other / first["audio"]).read_bytes() == (out / first["audio"]).read_bytes()
     different = tmp_path / "seed1"
-    _build(different, scores, seed=1, hours=0.01)
+    _build(different, scores, fonts, seed=1, hours=0.01)
     assert (different / "manifest.jsonl").read_bytes()[:2000] != (out / "manifest.jsonl").read_bytes()[:2000]
 
 

@@ -165,10 +165,10 @@ def test_a_beat_clock_model_gets_the_prompted_tempo(generator):
     from tunesmith.conditioning.beat import beat_clock
 
     dit, clocked = _as_if_trained(generator, "beat_proj", beat_clock=True)
-    cond, uncond = clocked.conditioning(["a jig at 150 BPM", "a jig"], 1.0)
+    cond, uncond = clocked.conditioning(["a jig at 150 BPM", "a tune for fiddle"], 1.0)
     frames = clocked.num_frames(1.0)
     torch.testing.assert_close(cond.beat[0], beat_clock(150.0, frames, clocked.frame_rate))
-    assert cond.beat[1].abs().sum() == 0 and uncond.beat.abs().sum() == 0
+    assert cond.beat[1].abs().sum() == 0 and uncond.beat.abs().sum() == 0  # no tempo word, no number
     with_clock = clocked.generate("a jig at 150 BPM", duration=1.0, seed=0, steps=3).samples
     with torch.no_grad():
         dit.beat_proj.weight.zero_()
@@ -236,7 +236,7 @@ def test_per_prompt_seeds_reproduce_single_generations_and_callbacks_report_step
     batch = generator.generate(["a waltz", "fast drums"], duration=1.0, seed=[3, 8], steps=4).samples
     for i, (prompt, seed) in enumerate((("a waltz", 3), ("fast drums", 8))):
         alone = generator.generate(prompt, duration=1.0, seed=seed, steps=4).samples[0]
-        assert torch.allclose(batch[i], alone, atol=1e-5), prompt
+        assert torch.allclose(batch[i], alone, atol=3e-5), prompt  # 1e-5 raw; the loudness gain scales it
     steps = []
     generator.generate("a waltz", duration=1.0, steps=5, callback=lambda done, total: steps.append((done, total)))
     assert steps == [(i, 5) for i in range(1, 6)]

@@ -20,6 +20,8 @@ implements a type is imported only when a directory of that type is loaded
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import importlib
 import math
 from dataclasses import dataclass
@@ -44,15 +46,34 @@ from tunesmith.checkpoint import (
     save,
 )
 from tunesmith.errors import CheckpointError
+from tunesmith.loudness import LoudnessTarget, check_target, normalise
 
 CODEC_DIR = "codec"
 MAX_PROMPT_CHARS = 2000
 ADAPTER_GENERATOR_TYPE = "lora-adapter"  # tunesmith.adapters: the one type that takes an adapter scale
 MAX_DURATION = 3600.0  # seconds; whatever a model's config claims (a hostile one may say 1e9)
+DEFAULT_LOUDNESS = LoudnessTarget()  # every output: -16 LUFS integrated, true peak <= -1 dBTP
+# controls that set the output's level themselves (a user's audio the output keeps, a loudness curve
+# in dBFS): their output is not normalised unless a call names a loudness
+LEVEL_CONTROLS = ("init_audio", "prompt_audio", "intensity")
+_MODEL_SETTING = object()  # ``loudness`` not given: the generator's own ``loudness`` setting
+# Inside a generate call: None outside, else whether its output will be normalised.  A family's
+# generate that calls its parent's (super().generate) runs inside the outer call, which alone
+# normalises; decode leaves the headroom to normalisation rather than clipping at full scale.
+_GENERATING: contextvars.ContextVar[bool | None] = contextvars.ContextVar("tunesmith_generating", default=None)
 
 
 def check_request(prompts: str | list[str], duration: float, max_duration: float) -> list[str]:
-    """Validate a generation request, naming the parameter at fault; returns the prompts as a list."""
+    """Validate a generation request, naming the parameter at fault; returns the prompts as a list.
+
+    A time-stamped prompt may be given as sections, a list of (start_s, end_s, text) (or a list
+    of such lists for a batch): it becomes the text "0:00-0:20 text; ..." that the CLI takes."""
+    from tunesmith.conditioning.prompt import format_timed_prompt, is_section_list
+
+    if is_section_list(prompts):
+        prompts = format_timed_prompt(prompts)  # type: ignore[arg-type]
+    elif isinstance(prompts, (list, tuple)):
+        prompts = [format_timed_prompt(p) if is_section_list(p) else p for p in prompts]
     if isinstance(prompts, str):
         items = [prompts]
     elif isinstance(prompts, (list, tuple)):
@@ -156,6 +177,13 @@ class Generator:
     generator_type: ClassVar[str] = ""
     CONTROLS: ClassVar[dict[str, Control]] = {}
     network: torch.nn.Module
+    loudness: float | None = DEFAULT_LOUDNESS.lufs  # LUFS every output is normalised to; None: raw output
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every family's ``generate`` gets the output loudness normalisation (one place for all)."""
+        super().__init_subclass__(**kwargs)
+        if "generate" in cls.__dict__:
+            cls.generate = _loudness_normalised(cls.__dict__["generate"])  # type: ignore[method-assign]
 
     def __init__(self, network: torch.nn.Module, codec: Any, *, max_duration: float, cfg: float) -> None:
         self.network = network.eval()
@@ -215,6 +243,8 @@ class Generator:
             wav = decode(codes).float().cpu()
         samples = self.num_samples(duration)
         wav = torch.nn.functional.pad(wav, (0, max(0, samples - wav.shape[-1])))[..., :samples]
+        if _GENERATING.get():  # normalisation follows: it scales the peaks under the ceiling instead
+            return Audio(wav, self.sample_rate)
         return Audio(wav.clamp(-1.0, 1.0), self.sample_rate)
 
     # -- the generator directory ---------------------------------------------------
@@ -252,6 +282,47 @@ class Generator:
     @classmethod
     def from_parts(cls, network: torch.nn.Module, codec: Any, meta: dict[str, Any], device: str) -> "Generator":
         raise NotImplementedError
+
+
+def _loudness_normalised(generate: Callable[..., Audio]) -> Callable[..., Audio]:
+    """``generate`` with a ``loudness`` keyword (LUFS, or None for the raw output; default: the
+    generator's ``loudness``) whose output rows are each normalised to it (BS.1770-4, true peak
+    under DEFAULT_LOUDNESS's ceiling), recorded in ``audio.info["loudness"]`` for the sidecar."""
+
+    @functools.wraps(generate)
+    def wrapper(self: Generator, prompts: Any, duration: Any, seed: Any = 0, *, loudness: Any = _MODEL_SETTING,
+                **kwargs: Any) -> Audio:
+        if _GENERATING.get() is not None:  # called through super(): the outer call normalises
+            return generate(self, prompts, duration, seed, **kwargs)
+        lufs = self.loudness if loudness is _MODEL_SETTING else loudness
+        if lufs is not None:
+            lufs = check_target(lufs)
+        # from a user's audio (audio-to-audio, inpainting, a continuation) its level stands and the samples
+        # kept from it stay exact; an intensity curve asks for levels in dBFS
+        referenced = loudness is _MODEL_SETTING and any(kwargs.get(name) is not None for name in LEVEL_CONTROLS)
+        if referenced:
+            lufs = None
+        token = _GENERATING.set(lufs is not None)
+        try:
+            audio = generate(self, prompts, duration, seed, **kwargs)
+        finally:
+            _GENERATING.reset(token)
+        if lufs is None:
+            setters = [name for name in LEVEL_CONTROLS if kwargs.get(name) is not None]
+            audio.info["loudness"] = {"target_lufs": None, **({"level_set_by": setters} if referenced else {})}
+            return audio
+        target = LoudnessTarget(lufs, DEFAULT_LOUDNESS.true_peak_dbtp)
+        rows, reports = [], []
+        for row in audio.samples:
+            out, report = normalise(row, audio.sample_rate, target)
+            rows.append(out.clamp(-1.0, 1.0))  # under a -1 dBTP ceiling this changes nothing
+            reports.append(report)
+        audio.samples = torch.stack(rows)
+        audio.info["loudness"] = {"target_lufs": lufs, "true_peak_ceiling_dbtp": target.true_peak_dbtp,
+                                  **{key: [r[key] for r in reports] for key in reports[0]}}
+        return audio
+
+    return wrapper
 
 
 def load_parts(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Any, dict[str, Any]]:

@@ -4,6 +4,7 @@
     tunesmith data index FOLDER [--out DIR] [--captions TABLE] ...
     tunesmith data shards MANIFEST --out DIR
     tunesmith data stats MANIFEST
+    tunesmith data caption DIR|FILE [--out manifest.jsonl]
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--metadata", help="CSV/JSONL with a 'path' column (relative to a source folder) used to filter")
     b.add_argument("--min-rating", type=float, help="keep metadata rows with rating >= this")
     b.add_argument("--require-tag", action="append", default=[], help="keep metadata rows having this tag")
-    b.add_argument("--soundfont", help="General MIDI .sf2 (default: found automatically)")
+    b.add_argument("--soundfont", help="one General MIDI .sf2/.sf3 for every render (default: all installed, "
+                   "one per render by the seed)")
+    b.add_argument("--soundfonts", nargs="+", default=[], metavar="SF",
+                   help="several SoundFonts, one per render drawn by the seed (default: every installed GM bank)")
+    b.add_argument("--no-humanize", action="store_true",
+                   help="render on the grid with the arranger's mix (default: humanised timing, velocity and mix)")
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--format", dest="audio_format", default="flac", choices=("flac", "wav"))
     b.set_defaults(func=_build)
@@ -55,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _register_index(sub)
     _register_shards(sub)
+    _register_caption(sub)
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
 
 
@@ -68,7 +75,8 @@ def _build(args: argparse.Namespace) -> int:
                                channels=args.channels, min_clip=args.min_clip, max_clip=args.max_clip,
                                max_clips_per_render=args.max_clips_per_render, sources=args.sources,
                                metadata=args.metadata, min_rating=args.min_rating, require_tags=args.require_tag,
-                               soundfont=args.soundfont, workers=args.workers, audio_format=args.audio_format)
+                               soundfont=args.soundfont, soundfonts=args.soundfonts, humanize=not args.no_humanize,
+                               workers=args.workers, audio_format=args.audio_format)
     except ValueError as err:
         raise UserError(str(err)) from None
     summary = build_corpus(options)
@@ -137,4 +145,33 @@ def _shards(args: argparse.Namespace) -> int:
                            max_bytes=int(args.max_mb * 2**20))
     for split, paths in written.items():
         print(f"{split}: {len(paths)} shard(s)")
+    return 0
+
+
+# `tunesmith data caption DIR|FILE`: time-aware captions (sections with times) into a manifest
+
+
+def _register_caption(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("caption", help="caption audio with time-stamped sections (tempo, key, families, "
+                                       "loudness, form) into a manifest that trains directly")
+    p.add_argument("target", metavar="DIR|FILE", help="an audio file, or a folder searched recursively")
+    p.add_argument("--out", help="manifest to write (default: manifest.jsonl beside the audio)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="caption at most this much of each file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_caption)
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from tunesmith.data.captioner import CaptionerConfig, TimeCaptioner, caption_files
+
+    try:
+        config = CaptionerConfig(max_seconds=args.max_seconds)
+    except ValueError as err:
+        raise UserError(f"--max-seconds: {err}") from None
+    report = caption_files(args.target, args.out, captioner=TimeCaptioner(config), progress=not args.no_progress)
+    for s in report["skipped"]:
+        print(f"skipped {s['file']}: {s['reason']}")
+    if not report["captioned"]:
+        raise UserError(f"no file could be captioned ({len(report['skipped'])} skipped); nothing written")
+    print(f"captioned {report['captioned']} file(s), {len(report['skipped'])} skipped -> {report['manifest']}")
     return 0

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line (batch mode)")
     p.add_argument("-o", "--output", metavar="PATH",
                    help="output file (one prompt; '-' for stdout) or directory (--prompts); default: output.<format> / outputs/")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of audio (default 10)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of audio (default 10; for a time-stamped prompt, the end of its last section)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same audio")
     p.add_argument("--model", default=DEFAULT_GENERATOR, help=f"bundled name or model directory (default {DEFAULT_GENERATOR})")
     p.add_argument("--adapter-scale", type=float, default=None, metavar="S",
@@ -68,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=None, help="how much of --init-audio to change, 0-1 (default 0.7)")
     p.add_argument("--inpaint", metavar="START:END", action="append",
                    help="seconds of --init-audio to regenerate, e.g. 4:6 (repeatable); the rest is kept as it is")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("--loudness", type=float, default=None, metavar="LUFS",
+                      help="normalise the output to this integrated loudness, true peak <= -1 dBTP (default -16)")
+    loud.add_argument("--no-loudness", action="store_true", help="the raw model output, not loudness-normalised")
     p.add_argument("--format", choices=FORMATS, default=None, help="audio format (default: from the file name's suffix, else wav)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -181,6 +186,14 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("prompt is empty")
         raise UserError("no prompt given (tunesmith generate \"PROMPT\" or --prompts FILE)")
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
+    if args.duration is None:  # a time-stamped prompt says how long it is
+        from tunesmith.conditioning.prompt import parse_timed_prompt
+
+        try:
+            ends = [sections[-1].end for sections in map(parse_timed_prompt, prompts) if sections]
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        args.duration = max(ends) if ends else 10.0
     if not (args.duration > 0) or args.duration == float("inf"):
         raise UserError(f"--duration must be > 0 seconds, got {args.duration:g}")
     paths, fmt = plan_outputs(args, prompts)
@@ -208,6 +221,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_request(prompts, args.duration, generator.max_duration)
         check_seed(args.seed)
+        if args.loudness is not None:
+            from tunesmith.loudness import check_target
+
+            check_target(args.loudness, "--loudness")
         if args.melody and not generator.accepts("melody"):
             raise UserError(f"the model '{args.model}' takes no melody (--melody needs a melody-conditioned "
                             "token LM or a diffusion model); nothing was read or written")
@@ -222,11 +239,14 @@ def run(args: argparse.Namespace) -> int:
         controls["melody"] = load_audio(args.melody, sample_rate=generator.sample_rate, channels=1,
                                         max_seconds=args.duration)
 
+    # the sidecar records the loudness setting and what it did (audio.info["loudness"])
+    loudness: dict[str, Any] = {"loudness": None} if args.no_loudness else \
+        {} if args.loudness is None else {"loudness": args.loudness}
     for i, (prompt, path) in enumerate(zip(prompts, paths)):
         start = time.perf_counter()
         try:
             audio = generator.generate([prompt], args.duration, seed=args.seed + i,
-                                       progress=not args.no_progress, **controls)
+                                       progress=not args.no_progress, **loudness, **controls)
         except ValueError as err:
             raise UserError(str(err)) from None
         seconds = time.perf_counter() - start

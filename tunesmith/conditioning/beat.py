@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from tunesmith.conditioning.prompt import parse_tempo
+from tunesmith.conditioning.tempo_words import prompt_tempo
 
 CYCLES_PER_BEAT = (2.0, 1.0, 0.5, 0.25)  # the half beat, the beat, and groups of 2 and 4 beats
 CLOCK_DIM = 2 * len(CYCLES_PER_BEAT)
@@ -53,11 +53,14 @@ def record_clock(record: dict, num_frames: int, frame_rate: float, start_frame: 
     return beat_clock(float(bpm), num_frames, frame_rate, start_frame)
 
 
-def prompt_clocks(prompts: list[str], num_frames: int, frame_rate: float) -> torch.Tensor:
-    """(B, CLOCK_DIM, num_frames): each prompt's named tempo as a clock, zeros where none is named."""
+def prompt_clocks(prompts: list[str], num_frames: int, frame_rate: float,
+                  seed: int | list[int] = 0) -> torch.Tensor:
+    """(B, CLOCK_DIM, num_frames): each prompt's tempo as a clock, zeros where it gives none: a
+    BPM number, else a tempo ``seed`` (one per prompt, or one for all) draws from the range its
+    tempo words give ("a fast jig"; :mod:`.tempo_words`)."""
     out = torch.zeros(len(prompts), CLOCK_DIM, num_frames)
     for i, text in enumerate(prompts):
-        bpm = parse_tempo(text)
+        bpm = prompt_tempo(text, seed[i] if isinstance(seed, (list, tuple)) else seed)
         if bpm is not None:
             out[i] = beat_clock(bpm, num_frames, frame_rate)
     return out

@@ -11,20 +11,29 @@ with one config.  A field a model does not take is None; a condition that is "ab
 - ``beat`` (B, CLOCK_DIM, F) the beat clock per frame (:mod:`.beat`);
 - ``key`` (B, KEY_DIM) the key vector (:mod:`.key`);
 - ``seconds_start``, ``seconds_total`` (B,) the timing of Stable Audio's timing
-  conditioning (DiT); never dropped: guidance keeps the length it was asked for.
+  conditioning (DiT); never dropped: guidance keeps the length it was asked for;
+- ``segments`` (B, K, F), only for time-stamped prompts ("0:00-0:20 solo piano; 0:20-0:45
+  strings join"; FUTGA's time-aware captions read the other way): ``text`` then holds K
+  sections of S tokens each, (B, K * S, text_dim), and ``segments[b, k, f]`` is how much
+  frame f reads section k's text (1 inside it, a linear crossfade over
+  ``SECTION_CROSSFADE_SECONDS`` at a boundary; the weights of a frame sum to 1).  The beat
+  clock and the key follow the sections: ``key`` is then (B, KEY_DIM, F) when a row's
+  sections name different keys.  None for plain prompts, which keep today's tensors exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from tunesmith.conditioning.beat import prompt_clocks, record_clock
-from tunesmith.conditioning.key import prompt_keys, record_key
+from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock, prompt_clocks, record_clock
+from tunesmith.conditioning.key import key_vector, prompt_keys, record_key
+from tunesmith.conditioning.prompt import TimedSegment, mmss, parse_key, parse_tempo, parse_timed_prompt
 
 DROPPABLE = ("text", "melody", "beat", "key")
 
@@ -38,6 +47,7 @@ class Conditioning:
     key: torch.Tensor | None = None
     seconds_start: torch.Tensor | None = None
     seconds_total: torch.Tensor | None = None
+    segments: torch.Tensor | None = None  # (B, K, F) section weights per frame (time-stamped prompts)
 
     def tensors(self) -> tuple[torch.Tensor | None, ...]:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
@@ -79,7 +89,7 @@ class Conditioning:
         return self._map(lambda a: a.to(device))
 
     def frames(self, start: int, length: int) -> "Conditioning":
-        """The per-frame conditions (melody, beat) cut to frames [start, start + length),
+        """The per-frame conditions (melody, beat, sections, a per-frame key) cut to frames [start, start + length),
         zero-padded ("none") past their end; the rest unchanged."""
 
         def cut(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -88,7 +98,9 @@ class Conditioning:
             x = x[..., start : start + length]
             return F.pad(x, (0, length - x.shape[-1])) if x.shape[-1] < length else x
 
-        return dataclasses.replace(self, melody=cut(self.melody), beat=cut(self.beat))
+        key = cut(self.key) if self.key is not None and self.key.dim() == 3 else self.key
+        return dataclasses.replace(self, melody=cut(self.melody), beat=cut(self.beat), key=key,
+                                   segments=cut(self.segments))
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """The conditions that are present, by name: keyword arguments of a model's forward."""
@@ -129,7 +141,7 @@ def drop_conditions(cond: Conditioning, dropout: ConditionDropout, generator: to
     if beat is not None and dropout.beat > 0:
         beat = beat * keep(dropout.beat, beat)[:, None, None].to(beat.dtype)
     if key is not None and dropout.key > 0:
-        key = key * keep(dropout.key, key)[:, None].to(key.dtype)
+        key = key * keep(dropout.key, key).view(-1, *[1] * (key.dim() - 1)).to(key.dtype)
     return dataclasses.replace(cond, text_mask=mask, melody=melody, beat=beat, key=key)
 
 
@@ -143,13 +155,20 @@ def from_prompts(
     key_input: bool = False,
     melody: torch.Tensor | None = None,
     duration: float | None = None,
+    seed: int | list[int] = 0,
 ) -> Conditioning:
     """A batch's conditioning at generation time: the encoded prompts, and what the model
-    takes of the rest: each prompt's tempo as a clock, its key, a melody's chroma (B or 1,
-    12, F), and the timing of ``duration`` seconds."""
+    takes of the rest: each prompt's tempo as a clock (``seed``, one or one per prompt, draws
+    the tempo of a prompt that gives only tempo words: "a fast jig"), its key, a melody's chroma (B or 1,
+    12, F), and the timing of ``duration`` seconds.  A time-stamped prompt ("0:00-0:20 solo piano;
+    0:20-0:45 strings join") gives per-section text, clock and key (``segments``, above)."""
+    sections = [parse_timed_prompt(p) for p in prompts]
+    if any(sections):
+        return _from_timed_prompts(list(prompts), sections, text_encoder, num_frames=num_frames, frame_rate=frame_rate,
+                                   beat_clock=beat_clock, key_input=key_input, melody=melody, duration=duration)
     text, mask = text_encoder.encode(list(prompts))
     b = text.shape[0]
-    beat = prompt_clocks(list(prompts), num_frames, frame_rate) if beat_clock else None
+    beat = prompt_clocks(list(prompts), num_frames, frame_rate, seed) if beat_clock else None
     key = prompt_keys(list(prompts)) if key_input else None
     if melody is not None and melody.shape[0] == 1 and b > 1:
         melody = melody.expand(b, -1, -1)
@@ -174,3 +193,121 @@ def from_clip(
     if key_input:
         out["key"] = record_key(record)
     return out
+
+
+# -- time-stamped prompts ---------------------------------------------------------------------
+
+SECTION_CROSSFADE_SECONDS = 1.0  # conditioning crossfades over this around each section boundary
+
+
+def section_weights(starts: Sequence[float], num_frames: int, frame_rate: float,
+                    crossfade: float = SECTION_CROSSFADE_SECONDS) -> torch.Tensor:
+    """(K, num_frames) how much each frame (at its centre time) reads each section's text.
+
+    w_k(t) = r(t - start_k) - r(t - start_{k+1}) with r a ramp from 0 to 1 over ``crossfade``
+    seconds centred on 0 (r = 1 for the first section's start, 0 past the last): the weights
+    are >= 0, sum to 1 at every frame, are exactly 1 inside a section away from its
+    boundaries, and exactly 0 outside it and its crossfades.
+    """
+    t = (torch.arange(num_frames, dtype=torch.float64) + 0.5) / frame_rate
+
+    def ramp(x: torch.Tensor) -> torch.Tensor:
+        if crossfade <= 0:
+            return (x >= 0).double()
+        return (x / crossfade + 0.5).clamp(0.0, 1.0)
+
+    rises = [torch.ones_like(t)] + [ramp(t - s) for s in starts[1:]] + [torch.zeros_like(t)]
+    return torch.stack([rises[k] - rises[k + 1] for k in range(len(starts))]).float()
+
+
+def _section_of_frame(starts: Sequence[float], num_frames: int, frame_rate: float) -> torch.Tensor:
+    """(num_frames,) index of the section each frame's centre falls in (hard boundaries)."""
+    t = (torch.arange(num_frames, dtype=torch.float64) + 0.5) / frame_rate
+    return (t[:, None] >= torch.tensor(list(starts[1:]), dtype=torch.float64)[None]).sum(1)
+
+
+def _check_sections(sections: list[TimedSegment], duration: float | None, where: str) -> None:
+    if duration is None:
+        return
+    for i, s in enumerate(sections):
+        if s.start >= duration:
+            raise ValueError(f"{where}: section {i + 1} ({mmss(s.start)}-{mmss(s.end)}) starts after the end of "
+                             f"the audio ({duration:g} s); ask for a longer duration")
+
+
+def section_clock(sections: list[TimedSegment], num_frames: int, frame_rate: float) -> torch.Tensor:
+    """(CLOCK_DIM, num_frames): each section's tempo as a beat clock over its frames.
+
+    A section naming no tempo keeps the one before it; a new tempo starts its grid on a
+    beat at the section's first frame (a section starts on a downbeat); the same tempo
+    continues the grid without a jump.  Zeros while no tempo has been named.
+    """
+    out = torch.zeros(CLOCK_DIM, num_frames)
+    owner = _section_of_frame([s.start for s in sections], num_frames, frame_rate)
+    bpm, anchor = None, 0
+    for k, section in enumerate(sections):
+        frames = (owner == k).nonzero().flatten()
+        if not len(frames):
+            continue
+        named = parse_tempo(section.text)
+        first, last = int(frames[0]), int(frames[-1]) + 1
+        if named is not None and named != bpm:
+            bpm, anchor = named, first
+        if bpm is not None:
+            out[:, first:last] = beat_clock(bpm, last - first, frame_rate, start_frame=first - anchor)
+    return out
+
+
+def section_keys(sections: list[TimedSegment]) -> list[torch.Tensor]:
+    """Each section's key vector (KEY_DIM,); a section naming none keeps the one before it."""
+    out, tonic, mode = [], None, None
+    for section in sections:
+        t, m = parse_key(section.text)
+        if t is not None or m is not None:
+            tonic, mode = t, m
+        out.append(key_vector(tonic, mode))
+    return out
+
+
+def _from_timed_prompts(prompts: list[str], sections: list[list[TimedSegment] | None], text_encoder: Any, *,
+                        num_frames: int, frame_rate: float, beat_clock: bool, key_input: bool,
+                        melody: torch.Tensor | None, duration: float | None) -> Conditioning:
+    """:func:`from_prompts` for a batch with at least one time-stamped prompt (a plain one is
+    one section covering everything)."""
+    rows = [s if s else [TimedSegment(0.0, math.inf, p)] for p, s in zip(prompts, sections)]
+    for i, row in enumerate(rows):
+        _check_sections(row, duration, "prompt" if len(rows) == 1 else f"prompts[{i}]")
+    b, k_max = len(rows), max(len(r) for r in rows)
+    states, mask = text_encoder.encode([s.text for r in rows for s in r])
+    s_len = states.shape[1]
+    text = states.new_zeros(b, k_max * s_len, states.shape[-1])
+    text_mask = torch.zeros(b, k_max * s_len, dtype=torch.bool)
+    weights = torch.zeros(b, k_max, num_frames)
+    beat = torch.zeros(b, CLOCK_DIM, num_frames) if beat_clock else None
+    keys: list[torch.Tensor] = []
+    n = 0
+    for i, row in enumerate(rows):
+        for k in range(len(row)):
+            text[i, k * s_len : (k + 1) * s_len], text_mask[i, k * s_len : (k + 1) * s_len] = states[n], mask[n]
+            n += 1
+        starts = [s.start for s in row]
+        weights[i, : len(row)] = section_weights(starts, num_frames, frame_rate)
+        if beat is not None:
+            beat[i] = section_clock(row, num_frames, frame_rate)
+        if key_input:
+            vectors = section_keys(row)
+            owner = _section_of_frame(starts, num_frames, frame_rate)
+            keys.append(torch.stack(vectors)[owner].T)  # (KEY_DIM, F)
+    key = None
+    if key_input:
+        per_frame = torch.stack(keys)  # (B, KEY_DIM, F)
+        constant = bool((per_frame == per_frame[..., :1]).all())
+        key = per_frame[..., 0].contiguous() if constant else per_frame
+    if melody is not None and melody.shape[0] == 1 and b > 1:
+        melody = melody.expand(b, -1, -1)
+    elif melody is not None and melody.shape[0] != b:
+        raise ValueError(f"{melody.shape[0]} melodies for {b} prompts")
+    start = total = None
+    if duration is not None:
+        start, total = torch.zeros(b), torch.full((b,), float(duration))
+    return Conditioning(text, text_mask, melody, beat, key, start, total, weights)

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.soundfont import soundfont_licence
 from tunesmith.files import atomic_write_text
 
 
@@ -39,12 +40,24 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "eras": hist(t.get("era") for t in tags if t.get("era")),
         "dynamics": hist(t.get("dynamics") for t in tags if t.get("dynamics")),
         "with_segments": sum(1 for t in tags if t.get("segments")),
+        "soundfonts": hist(r["soundfont"] for r in records if r.get("soundfont")),
     }
 
 
 def _table(title: str, counts: dict[str, int], limit: int = 30) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in list(counts.items())[:limit])
     return f"### {title}\n\n| value | clips |\n|---|---|\n{rows}\n"
+
+
+def _soundfont_rows(counts: dict[str, int], options: dict[str, Any]) -> list[str]:
+    """One row per SoundFont the build could pick (a single --soundfont, or the list), with its licence."""
+    from tunesmith.data.soundfont import soundfont_name
+
+    files = [f for f in [options.get("soundfont"), *(options.get("soundfonts") or [])] if f]
+    named = {soundfont_name(f): Path(str(f)).name for f in files}
+    for name in counts:
+        named.setdefault(name, "")
+    return [f"| {name} | {file} | {counts.get(name, 0)} | {soundfont_licence(name)} |" for name, file in sorted(named.items())]
 
 
 def write_card(out: str | Path, records: list[dict[str, Any]], skipped: list[dict[str, Any]],
@@ -70,7 +83,13 @@ def write_card(out: str | Path, records: list[dict[str, Any]], skipped: list[dic
         f"- clips with time-aware segment descriptions: {summary['with_segments']}",
         f"- skipped works: {len(skipped)}" + (f" ({', '.join(f'{k}: {v}' for k, v in reasons.most_common(5))})" if skipped else ""),
         f"- seed {options.get('seed')}, {options.get('sample_rate')} Hz, {options.get('channels')} channel(s), "
-        f"SoundFont {Path(str(options.get('soundfont', ''))).name}",
+        f"humanised timing, velocity and mix: {'yes' if options.get('humanize', False) else 'no'}",
+        "",
+        "### SoundFonts (one per render, drawn by the seed)",
+        "",
+        "| SoundFont | file | clips | licence |",
+        "|---|---|---|---|",
+        *_soundfont_rows(summary["soundfonts"], options),
         "",
     ]
     for key in ("styles", "families", "instruments", "tempo_bpm", "keys", "meters", "eras", "dynamics"):

@@ -33,7 +33,8 @@ from tunesmith.data.manifest import slug, split_of, stable_hash, write_manifest
 from tunesmith.data.midi import clip_midi
 from tunesmith.data.render import RenderError, render
 from tunesmith.data.score import Piece, ScoreError, parse_work
-from tunesmith.data.soundfont import find_soundfont
+from tunesmith.data.humanize import humanize
+from tunesmith.data.soundfont import find_soundfonts, pick_soundfont, soundfont_name
 from tunesmith.data.sources import (COLLECTION_LABELS, WorkRef, folder_metadata, folder_works, music21_works,
                                     read_metadata)
 
@@ -56,7 +57,9 @@ class BuildOptions:
     metadata: str | None = None
     min_rating: float | None = None
     require_tags: list[str] = field(default_factory=list)
-    soundfont: str | None = None
+    soundfont: str | None = None  # one SoundFont for every render
+    soundfonts: list[str] = field(default_factory=list)  # several, one per render by the seed (default: all installed)
+    humanize: bool = True  # humanised timing and velocity, a wider mix (tunesmith.data.humanize)
     workers: int = 2
     audio_format: str = "flac"
 
@@ -73,6 +76,8 @@ class BuildOptions:
             raise ValueError(f"--format must be flac or wav, got {self.audio_format}")
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if self.soundfont and self.soundfonts:
+            raise ValueError("give --soundfont (one) or --soundfonts (several), not both")
 
 
 def list_works(options: BuildOptions, skipped: list[dict[str, str]] | None = None) -> list[WorkRef]:
@@ -135,10 +140,10 @@ def plan_units(works: list[WorkRef], seed: int) -> Iterator[tuple[WorkRef, int]]
 # one unit = one render of one work, done in a worker process
 
 _OPTIONS: BuildOptions | None = None
-_SOUNDFONT: str = ""
+_SOUNDFONT: str | list[str] = ""
 
 
-def _init_worker(options: BuildOptions, soundfont: str) -> None:
+def _init_worker(options: BuildOptions, soundfont: str | list[str]) -> None:
     global _OPTIONS, _SOUNDFONT
     _OPTIONS, _SOUNDFONT = options, soundfont
     torch.set_num_threads(1)
@@ -147,8 +152,9 @@ def _init_worker(options: BuildOptions, soundfont: str) -> None:
 def _fingerprint(options: BuildOptions) -> str:
     """The options that change a unit's output (not hours, workers or the output folder)."""
     keep = ("seed", "sample_rate", "channels", "min_clip", "max_clip", "max_clips_per_render", "max_render_seconds",
-            "audio_format")
-    return json.dumps({k: getattr(options, k) for k in keep}, sort_keys=True)
+            "audio_format", "humanize")
+    fonts = sorted(soundfont_name(f) for f in options.soundfonts)  # the resolved list build_corpus sets
+    return json.dumps({**{k: getattr(options, k) for k in keep}, "soundfonts": fonts}, sort_keys=True)
 
 
 def _unit_path(out: Path, work: WorkRef, render_index: int, options: BuildOptions) -> Path:
@@ -166,8 +172,11 @@ def load_piece(out: Path, work: WorkRef) -> Piece:
     return piece
 
 
-def process_unit(work: WorkRef, render_index: int, options: BuildOptions, soundfont: str) -> dict[str, Any]:
-    """Arrange, render and cut one work; returns {"records": [...]} or {"skipped": reason}."""
+def process_unit(work: WorkRef, render_index: int, options: BuildOptions,
+                 soundfont: str | list[str]) -> dict[str, Any]:
+    """Arrange, render and cut one work; returns {"records": [...]} or {"skipped": reason}.
+
+    ``soundfont``: one, or several of which the seed picks one for this render (recorded per clip)."""
     out = Path(options.out)
     unit_file = _unit_path(out, work, render_index, options)
     if unit_file.is_file():
@@ -183,7 +192,12 @@ def process_unit(work: WorkRef, render_index: int, options: BuildOptions, soundf
     rng = np.random.default_rng([options.seed, stable_hash(work.id) % 2**63, render_index])
     arr = arrange(piece, rng, render_index, group=work.group, max_seconds=options.max_render_seconds,
                   min_seconds=max(options.max_clip, 20.0))
-    audio = torch.from_numpy(render(arr, soundfont, options.sample_rate, options.channels))
+    fonts = [soundfont] if isinstance(soundfont, str) else list(soundfont)
+    font = pick_soundfont(fonts, options.seed, stable_hash(work.id), render_index)
+    played = arr  # the render strays from the grid; the tags, captions and MIDI keep the score's exact facts
+    if options.humanize:
+        played = humanize(arr, np.random.default_rng([options.seed, stable_hash(work.id) % 2**63, render_index, 0x48]))
+    audio = torch.from_numpy(render(played, font, options.sample_rate, options.channels))
     audio = normalize_loudness(audio, TARGET_DB, peak=0.95)
     clips = plan_clips(arr, rng, options.min_clip, options.max_clip, options.max_clips_per_render)
     info = {"title": piece.title, "composer": piece.composer, "era": piece.era, "collection": piece.collection,
@@ -209,6 +223,7 @@ def process_unit(work: WorkRef, render_index: int, options: BuildOptions, soundf
             "id": clip_id, "audio": str(rel_audio), "midi": str(rel_midi), "caption": text, "tags": tags,
             "duration": round(wav.shape[-1] / options.sample_rate, 4), "sample_rate": options.sample_rate,
             "channels": options.channels, "split": split, "source": work.id, "offset": round(clip.start, 4),
+            "soundfont": soundfont_name(font),
         })
     result = {"work": work.id, "render": render_index, "records": records}
     if not records:
@@ -231,7 +246,8 @@ def _run_unit(job: tuple[WorkRef, int]) -> dict[str, Any]:
 # the driver
 
 
-def ordered_results(units: Iterable[tuple[WorkRef, int]], options: BuildOptions, soundfont: str) -> Iterator[dict[str, Any]]:
+def ordered_results(units: Iterable[tuple[WorkRef, int]], options: BuildOptions,
+                    soundfont: str | list[str]) -> Iterator[dict[str, Any]]:
     """Unit results in plan order; a pool of ``options.workers`` processes works a few units ahead.
 
     Stopping the iteration (closing the generator) terminates the pool.
@@ -256,7 +272,8 @@ def build_corpus(options: BuildOptions, progress: bool = True) -> dict[str, Any]
     """Build (or resume) a corpus of ``options.hours`` hours; returns the card's summary."""
     out = Path(options.out)
     (out / "units").mkdir(parents=True, exist_ok=True)
-    soundfont = str(find_soundfont(options.soundfont))
+    fonts = [str(f) for f in find_soundfonts([options.soundfont] if options.soundfont else options.soundfonts)]
+    options = replace(options, soundfont=None, soundfonts=fonts)  # what the units' fingerprint names
     (out / "READY").unlink(missing_ok=True)
     listing_skips: list[dict[str, str]] = []
     works = list_works(options, listing_skips)
@@ -267,7 +284,7 @@ def build_corpus(options: BuildOptions, progress: bool = True) -> dict[str, Any]
     unusable: set[str] = set()  # works that cannot be parsed
     planned = itertools.islice(plan_units(works, options.seed), MAX_RENDERS_PER_WORK * len(works))
     units = (unit for unit in planned if unit[0].id not in unusable)
-    results = ordered_results(units, options, soundfont)
+    results = ordered_results(units, options, fonts)
     with tqdm(total=round(target), unit="s", desc="corpus", disable=not progress, smoothing=0.05) as bar:
         for entry in skipped:
             bar.write(f"skipped {entry['work']}: {entry['reason']}")
@@ -294,6 +311,6 @@ def build_corpus(options: BuildOptions, progress: bool = True) -> dict[str, Any]
             results.close()
     write_manifest(out / "manifest.jsonl", records)
     atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(s, sort_keys=True) + "\n" for s in skipped))
-    summary = write_card(out, records, skipped, asdict(options) | {"soundfont": soundfont})
+    summary = write_card(out, records, skipped, asdict(options))
     (out / "READY").write_text("complete\n")
     return summary

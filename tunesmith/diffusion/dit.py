@@ -9,6 +9,8 @@ Conditioning:
 - text tokens (B, S, text_dim) + mask through cross-attention in every block;
   a learned "null" key is always present, so an item whose text is dropped
   (all-False mask, the unconditional branch of CFG) still attends to something;
+  a time-stamped prompt gives K sections of text and per-frame weights (``segments``):
+  each frame reads its own section's text (crossfaded at boundaries), never another's;
 - timing (seconds_start, seconds_total) and the noise level form one global token
   prepended to the sequence (optionally also adaLN modulation of every block);
 - inpainting: a mask channel plus the known latents as extra input channels.
@@ -248,6 +250,9 @@ class CrossContext(NamedTuple):
     tokens: torch.Tensor
     mask: torch.Tensor | None
     rows: slice | torch.Tensor | None = None  # a slice when the rows are consecutive (cond rows first in CFG)
+    # Time-stamped prompts: ``tokens`` holds K sections of equal length side by side, and
+    # weights (B, K, L) says how much each position (global token first) reads each section.
+    weights: torch.Tensor | None = None
 
 
 class DiTBlock(nn.Module):
@@ -298,7 +303,21 @@ class DiTBlock(nn.Module):
         if self.kv_heads != self.heads:  # grouped heads: query head i reads key/value head i // group
             group = self.heads // self.kv_heads
             k, v = (t[:, :, None].expand(-1, -1, group, -1, -1).reshape(b, self.heads, s, -1) for t in (k, v))
-        return linear(self.out2, self._merge_heads(attention(q, k, v, context.mask)), self.onednn)
+        if context.weights is None:
+            return linear(self.out2, self._merge_heads(attention(q, k, v, context.mask)), self.onednn)
+        # Per-section text (time-stamped prompts): each position attends to each section's
+        # tokens alone, and the results are mixed by that position's section weights, so a
+        # frame inside a section reads only that section's text (and a crossfade between two
+        # at a boundary).  out2 is linear, so mixing before it is the same as after.
+        sections = context.weights.shape[1]
+        per = s // sections
+        mixed = None
+        for i in range(sections):
+            part = slice(i * per, (i + 1) * per)
+            read = attention(q, k[:, :, part], v[:, :, part], None if context.mask is None else context.mask[..., part])
+            term = read * context.weights[:, i, None, :, None].to(read.dtype)
+            mixed = term if mixed is None else mixed + term
+        return linear(self.out2, self._merge_heads(mixed), self.onednn)
 
     def forward(
         self,
@@ -406,16 +425,25 @@ class DiT(nn.Module):
         return self.start_number(self._unit_seconds(seconds_start)), self.total_number(self._unit_seconds(seconds_total))
 
     def encode_text(self, text: torch.Tensor | None, text_mask: torch.Tensor | None, batch: int,
-                    timing: tuple[torch.Tensor, torch.Tensor] | None = None) -> CrossContext:
+                    timing: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    segments: torch.Tensor | None = None) -> CrossContext:
         """What cross-attention reads: tunesmith's projected text with the null token prepended and the
         matching SDPA mask (B, 1, 1, S+1); or Stable Audio's text and ``timing`` tokens.
+
+        ``segments`` (B, K, T), for a time-stamped prompt: ``text`` holds K sections of S tokens,
+        each gets its own null token, and frame t reads section k with weight segments[:, k, t]
+        (the global token with the mean weight of each section).
 
         Constant across sampling steps, so samplers may compute it once and pass it to :meth:`forward`.
         """
         if self.config.conditioning == "stable-audio":
+            if segments is not None:
+                raise ValueError("time-stamped prompts need tunesmith's own conditioning (not stable-audio)")
             if timing is None:
                 raise ValueError("stable-audio conditioning needs the timing tokens (DiT.timing_tokens)")
             return self._stable_audio_context(text, text_mask, batch, timing)
+        if segments is not None:
+            return self._section_context(text, text_mask, batch, segments)
         null = self.null_text.expand(batch, 1, -1)
         if text is None:
             tokens, mask = null, torch.ones(batch, 1, dtype=torch.bool, device=null.device)
@@ -427,6 +455,29 @@ class DiT(nn.Module):
             tokens = torch.cat([null, self.text_proj(text.to(null.dtype))], dim=1)
             mask = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=text.device), text_mask.bool()], dim=1)
         return CrossContext(tokens, mask[:, None, None, :])
+
+    def _section_context(self, text: torch.Tensor | None, text_mask: torch.Tensor | None, batch: int,
+                         segments: torch.Tensor) -> CrossContext:
+        """K sections, each [null | its projected text], side by side, with per-position weights."""
+        if text is None:
+            raise ValueError("section weights (segments) need the sections' text")
+        if segments.dim() != 3 or segments.shape[0] != batch:
+            raise ValueError(f"segments must be (B={batch}, K, T), got {tuple(segments.shape)}")
+        sections = segments.shape[1]
+        if text.dim() != 3 or text.shape[0] != batch or text.shape[-1] != self.config.text_dim or text.shape[1] % sections:
+            raise ValueError(f"text must be (B={batch}, K * S, {self.config.text_dim}) with K = {sections} sections, "
+                             f"got {tuple(text.shape)}")
+        per = text.shape[1] // sections
+        if text_mask is None:
+            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        null = self.null_text.expand(batch, 1, -1)
+        projected = self.text_proj(text.to(null.dtype)).view(batch, sections, per, -1)
+        tokens = torch.cat([null[:, None].expand(-1, sections, -1, -1), projected], dim=2).flatten(1, 2)
+        real = torch.ones(batch, sections, 1, dtype=torch.bool, device=text.device)
+        mask = torch.cat([real, text_mask.bool().view(batch, sections, per)], dim=2).flatten(1)
+        weights = segments.to(null.dtype)
+        weights = torch.cat([weights.mean(-1, keepdim=True), weights], dim=-1)  # the global token first
+        return CrossContext(tokens, mask[:, None, None, :], None, weights)
 
     def _stable_audio_context(self, text: torch.Tensor | None, text_mask: torch.Tensor | None, batch: int,
                               timing: tuple[torch.Tensor, torch.Tensor]) -> CrossContext:
@@ -470,6 +521,7 @@ class DiT(nn.Module):
         encoded_text: CrossContext | None = None,
         beat: torch.Tensor | None = None,
         key: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, D, T), noise_level (B,) -> (B, D, T).
 
@@ -477,7 +529,9 @@ class DiT(nn.Module):
         ``inpaint_latents`` (B, D, T) holds them; both default to "nothing known".
         ``beat`` (B, CLOCK_DIM, T), for a model with a beat clock, is the clock of each
         frame; it defaults to zeros ("no clock").  ``key`` (B, KEY_DIM), for a model with a
-        key input, is the key vector; it defaults to zeros ("no key").
+        key input, is the key vector, or (B, KEY_DIM, T) a key per frame (time-stamped prompts);
+        it defaults to zeros ("no key").  ``segments`` (B, K, T): ``text`` holds K sections read
+        frame by frame with these weights (:meth:`encode_text`).
         """
         cfg = self.config
         b, d, t = x.shape
@@ -506,18 +560,25 @@ class DiT(nn.Module):
         if key is not None:
             if self.key_proj is None:
                 raise ValueError("this model takes no key input")
-            if key.shape != (b, KEY_DIM):
-                raise ValueError(f"key must be (B={b}, {KEY_DIM}), got {tuple(key.shape)}")
-            h = h + self.key_proj(key.to(h.dtype))[:, None]
+            if key.dim() == 3 and key.shape == (b, KEY_DIM, t):  # a key per frame: it follows the sections
+                h = h + self.key_proj(key.to(h.dtype).transpose(1, 2))
+            elif key.shape != (b, KEY_DIM):
+                raise ValueError(f"key must be (B={b}, {KEY_DIM}) or (B, {KEY_DIM}, {t}), got {tuple(key.shape)}")
+            else:
+                h = h + self.key_proj(key.to(h.dtype))[:, None]
 
         noise = self.noise_embed(noise_level.to(dev).float().expand(b))
         if cfg.conditioning == "stable-audio":
+            if segments is not None:
+                raise ValueError("time-stamped prompts need tunesmith's own conditioning (not stable-audio)")
             timing = self.timing_tokens(seconds_start, seconds_total)
             cond = self.global_proj(torch.cat(timing, dim=-1)) + noise
             context = encoded_text if encoded_text is not None else self.encode_text(text, text_mask, b, timing)
         else:
             cond = noise + self.start_embed(seconds_start / cfg.max_seconds) + self.total_embed(seconds_total / cfg.max_seconds)
-            context = encoded_text if encoded_text is not None else self.encode_text(text, text_mask, b)
+            if segments is not None and segments.shape[-1] != t:
+                raise ValueError(f"segments must cover the {t} frames, got {tuple(segments.shape)}")
+            context = encoded_text if encoded_text is not None else self.encode_text(text, text_mask, b, segments=segments)
         h = torch.cat([cond[:, None].to(h.dtype), h], dim=1)  # the global token
         rope = rotary_frequencies(t + 1, cfg.width // cfg.heads, cfg.rope_base, dev, cfg.rotary_dim)
 

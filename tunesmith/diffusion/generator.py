@@ -136,13 +136,15 @@ class LatentDiffusionGenerator(Generator):
 
     # -- sampling --------------------------------------------------------------
 
-    def conditioning(self, prompts: Sequence[str], duration: float) -> tuple[Conditioning, Conditioning]:
+    def conditioning(self, prompts: Sequence[str], duration: float,
+                     seed: int | list[int] = 0) -> tuple[Conditioning, Conditioning]:
         """(cond, uncond) of the DiT: the prompts' conditioning as this model takes it (text,
-        timing, and the tempo clock and key when it has those inputs), and its null."""
+        timing, and the tempo clock and key when it has those inputs; ``seed`` draws the tempo
+        of a prompt with tempo words and no number), and its null."""
         c = self.model.config
         cond = from_prompts(list(prompts), self.text_encoder, num_frames=self.num_frames(duration),
                             frame_rate=self.frame_rate, beat_clock=c.beat_clock, key_input=c.key_input,
-                            duration=duration).to(self.device)
+                            duration=duration, seed=seed).to(self.device)
         return cond, cond.null()
 
     def initial_noise(self, batch: int, frames: int, seed: int | list[int],
@@ -287,7 +289,7 @@ class LatentDiffusionGenerator(Generator):
         optimisation = {key: controls.pop(name) for key, name in (("iterations", "control_iterations"), ("lr", "control_lr"),
                         ("steps", "control_steps"), ("weights", "control_weights")) if name in controls}
         frames = self.num_frames(duration)
-        cond, uncond = self.conditioning(items, duration)
+        cond, uncond = self.conditioning(items, duration, seed)
         if controls.get("cfg") is None:
             controls["cfg"] = self.cfg
         if unconditional:

@@ -10,6 +10,7 @@ training clips (memorization).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from tunesmith.audio import Audio, AudioError, load_audio, save_audio
 from tunesmith.codec.roundtrip import round_trip
 from tunesmith.eval import metrics as M
 from tunesmith.eval.prompts import PromptSpec
+from tunesmith.loudness import integrated_loudness
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -153,6 +155,9 @@ def signal_metrics(item: dict[str, Any], spec: PromptSpec) -> dict[str, Any]:
             row["tempo_within_10pct"] = row["tempo_rel_error"] <= 0.10
             row["tempo_acc1"] = M.tempo_match(tempo, spec.tempo_bpm, 0.04)
             row["tempo_acc2"] = M.tempo_match(tempo, spec.tempo_bpm, 0.04, octave=True)
+    row["clipping_rate"] = M.clipping_rate(wav)
+    lufs = integrated_loudness(wav.reshape(-1, wav.shape[-1]), sr)
+    row["loudness_lufs"] = lufs if math.isfinite(lufs) else None
     key, why = (None, "silent") if silent else _safely(M.estimate_key, wav, sr)
     row["key_estimated"] = key.name if key else None
     target = spec.target_key
@@ -384,6 +389,8 @@ def summarize_rows(rows: list[dict[str, Any]], results: dict[str, Any]) -> dict[
         "instrument_family_accuracy": _rate(rows, "family_correct"),
         "clap_score": M.summarize([r.get("clap_score") for r in rows if r.get("clap_score") is not None]),
         "melody_chroma_cosine": M.summarize([r["melody_chroma_cosine"] for r in rows if r.get("melody_chroma_cosine") is not None]),
+        "clipping_rate": M.summarize([r.get("clipping_rate") for r in rows]),
+        "loudness_lufs": M.summarize([r.get("loudness_lufs") for r in rows]),
     }
     seconds = [r["seconds"] for r in rows if r["seconds"] is not None]
     rtfs = [r["rtf"] for r in rows if r["rtf"] is not None]

@@ -527,6 +527,23 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+# ---------------------------------------------------------------------------
+# 10. Level
+
+
+CLIP_LEVEL = 0.999  # |x| at or above this is a sample at full scale: hard-clipped
+
+
+def clipping_rate(wav: ArrayLike, threshold: float = CLIP_LEVEL) -> float:
+    """Share of samples (all channels) at |x| >= ``threshold``: a clamp at full scale flattens the
+    waveform's tops there, so any sizeable share is audible distortion (the raw default DiT had
+    3.3% at 30 s); a normalised output has none."""
+    x = np.abs(_as_numpy(wav, "audio"))
+    if x.size == 0:
+        raise ValueError("audio is empty")
+    return float((x >= threshold).mean())
+
+
 def summarize(values: Sequence[float]) -> dict[str, float]:
     """Mean, median, min and max of a list of numbers (empty lists give NaN)."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)

@@ -155,6 +155,9 @@ def _summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("CLAP score / references'", s["clap_score_ratio_to_references"], None, None),
         ("Melody chroma cosine", s["melody_chroma_cosine"]["mean"], s["melody_chroma_cosine"]["count"], None),
         ("KL of family tags (ref || gen)", results.get("kl_family_tags"), None, None),
+        ("Samples hard-clipped (share, mean)", s.get("clipping_rate", {}).get("mean"),
+         s.get("clipping_rate", {}).get("count"), None),
+        ("Loudness (LUFS, mean)", s.get("loudness_lufs", {}).get("mean"), s.get("loudness_lufs", {}).get("count"), None),
         ("Median real-time factor", s["speed"]["median_rtf"], None, None),
         ("First call (s)", s["speed"]["first_call_seconds"], None, None),
     ]

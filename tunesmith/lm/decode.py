@@ -88,7 +88,20 @@ def decode_window(
     def both(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x], 0) if guided else x
 
-    hidden = model.backbone.step(model.sequence_input(both(seq[:, :, :first]), prefix, added), state, cross, cross_mask)[:, -1:]
+    # Time-stamped prompts: the cross mask switches with the section of the frame each step
+    # generates.  The known prefix is then fed one position at a time, each with its own mask.
+    masks = model.step_cross_masks(full, num_frames) if full is not None and full.segments is not None else None
+
+    def mask_of(step: int) -> torch.Tensor | None:
+        return cross_mask if masks is None else masks[:, step]
+
+    inputs = model.sequence_input(both(seq[:, :, :first]), prefix, added)
+    if masks is None:
+        hidden = model.backbone.step(inputs, state, cross, cross_mask)[:, -1:]
+    else:
+        hidden = model.backbone.step(inputs[:, : P + 1], state, cross, mask_of(0))[:, -1:]  # prefix and start
+        for j in range(first):  # the input of step j predicts step j + 1
+            hidden = model.backbone.step(inputs[:, P + 1 + j : P + 2 + j], state, cross, mask_of(j + 1))
     for s in range(first, S):
         logits = model.logits(hidden)[:, :, 0]  # (rows, K, N)
         if guided:
@@ -102,7 +115,7 @@ def decode_window(
             x = model.embed_steps(both(seq[:, :, s : s + 1]))
             if added is not None:  # the input that predicts step s + 1 carries that step's clock (and the key)
                 x = x + (added if added.shape[1] == 1 else added[:, s + 1 : s + 2])
-            hidden = model.backbone.step(x, state, cross, cross_mask)
+            hidden = model.backbone.step(x, state, cross, mask_of(s + 1))
     return from_sequence(seq, table, num_frames)
 
 

@@ -98,9 +98,11 @@ class TokenLMGenerator(Generator):
         self.decoder_lm = quantize_int8(self.lm) if on else self.lm
         return self
 
-    def conditioning(self, prompts: list[str], num_frames: int, melody: Any = None) -> Conditioning:
+    def conditioning(self, prompts: list[str], num_frames: int, melody: Any = None,
+                     seed: int | list[int] = 0) -> Conditioning:
         """The prompts' conditioning as this LM takes it; for a melody model, the reference's
-        one-hot chroma (zeros, "no melody", without one)."""
+        one-hot chroma (zeros, "no melody", without one); ``seed`` draws the tempo of a prompt
+        with tempo words and no number."""
         c = self.lm.config
         chroma = None
         if c.melody:
@@ -111,7 +113,7 @@ class TokenLMGenerator(Generator):
         elif melody is not None:
             raise ValueError("this model is not melody-conditioned; drop the melody control")
         cond = from_prompts(prompts, self.text_encoder, num_frames=num_frames, frame_rate=self.frame_rate,
-                            beat_clock=c.beat_clock, key_input=c.key_input, melody=chroma)
+                            beat_clock=c.beat_clock, key_input=c.key_input, melody=chroma, seed=seed)
         return cond.to(self.device)
 
     def prompt_tokens(self, audio: Any, batch: int) -> torch.Tensor:
@@ -141,7 +143,7 @@ class TokenLMGenerator(Generator):
         items = check_request(prompts, duration, self.max_duration)
         seed = check_seeds(seed, len(items))
         num_frames = frames_for(duration, self.frame_rate)
-        cond = self.conditioning(items, num_frames, controls.get("melody"))
+        cond = self.conditioning(items, num_frames, controls.get("melody"), seed)
         cfg = self.cfg if controls.get("cfg") is None else float(controls["cfg"])
         if controls.get("unconditional"):
             cond, cfg = cond.null(), 1.0

@@ -150,8 +150,14 @@ class TokenLM(nn.Module):
         if cond.text is not None:
             if cond.text.shape[-1] != c.text_dim:
                 raise ValueError(f"text embeddings are {cond.text.shape[-1]}-dim, the model expects {c.text_dim}")
-            text = self.text_proj(cond.text[:, : c.max_text_tokens])
-            mask = cond.text_mask[:, : c.max_text_tokens] if cond.text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            if cond.segments is not None:  # time-stamped: K sections side by side, each truncated alone
+                if c.conditioning != "cross":
+                    raise ValueError("time-stamped prompts need a cross-attention LM (conditioning='cross')")
+                text, mask = _section_tokens(cond, c.max_text_tokens)
+                text = self.text_proj(text)
+            else:
+                text = self.text_proj(cond.text[:, : c.max_text_tokens])
+                mask = cond.text_mask[:, : c.max_text_tokens] if cond.text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
             if c.conditioning == "cross" and c.text_null == "zeros":
                 # Padding and dropped text become zero states; a row with no real token sees
                 # only zeros, which bias-free keys and values turn into exactly zero output
@@ -180,6 +186,27 @@ class TokenLM(nn.Module):
             raise ValueError("this model has no melody conditioning")
         return (torch.cat(prefix, 1) if prefix else None), cross, cross_mask
 
+    def step_cross_masks(self, cond: Conditioning, num_frames: int) -> torch.Tensor:
+        """(B, S, cross length) bool, for a time-stamped prompt (``cond.segments``): the cross mask
+        of the input that predicts pattern step s, which sees only the section of the frame
+        that step generates (the section of largest weight there) besides the always-visible
+        first entry: the conditioning switches at the frame boundaries of the sections."""
+        c = self.config
+        if cond.segments is None or cond.text is None:
+            raise ValueError("step_cross_masks is for time-stamped prompts (cond.segments)")
+        if cond.segments.shape[-1] != num_frames:
+            raise ValueError(f"segments must cover the {num_frames} frames, got {tuple(cond.segments.shape)}")
+        _, mask = _section_tokens(cond, c.max_text_tokens)
+        sections = cond.segments.shape[1]
+        per = mask.shape[1] // sections
+        frames = step_frames(layout(c.pattern, c.num_codebooks, num_frames)).to(cond.segments.device)
+        owner = cond.segments[:, :, frames].argmax(1)  # (B, S): the section of each step
+        own = (torch.arange(mask.shape[1], device=mask.device) // per)[None, None] == owner[..., None]
+        visible = mask[:, None] & own  # (B, S, K * per)
+        if c.text_null == "zeros":  # a row that sees no real token reads zeros (as condition() does)
+            return visible | ~visible.any(-1, keepdim=True)
+        return F.pad(visible, (1, 0), value=True)
+
     def step_inputs(self, cond: Conditioning | None, num_frames: int) -> torch.Tensor | None:
         """(B, S or 1, D): what is added to the input that predicts each pattern step: the
         projected beat clock of the frame the step generates, plus the projected key;
@@ -201,10 +228,16 @@ class TokenLM(nn.Module):
             if cond.key is not None:
                 raise ValueError("this model takes no key input")
         else:
-            if cond.key is None or cond.key.dim() != 2 or cond.key.shape[1] != KEY_DIM:
+            if cond.key is not None and cond.key.dim() == 3 and cond.key.shape[1:] == (KEY_DIM, num_frames):
+                # a key per frame (time-stamped prompts): each step reads the key of the frame it generates
+                c = self.config
+                frames = step_frames(layout(c.pattern, c.num_codebooks, num_frames)).to(cond.key.device)
+                key = self.key_proj(cond.key[:, :, frames].transpose(1, 2).to(self.start.dtype))
+            elif cond.key is None or cond.key.dim() != 2 or cond.key.shape[1] != KEY_DIM:
                 got = None if cond.key is None else tuple(cond.key.shape)
                 raise ValueError(f"this model takes a key: give (B, {KEY_DIM}) key vectors (zeros for none), got {got}")
-            key = self.key_proj(cond.key.to(self.start.dtype))[:, None]
+            else:
+                key = self.key_proj(cond.key.to(self.start.dtype))[:, None]
             out = key if out is None else out + key
         return out
 
@@ -248,6 +281,20 @@ class TokenLM(nn.Module):
     def loss(self, steps: torch.Tensor, valid: torch.Tensor, cond: Conditioning | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced :func:`token_loss` of the pattern sequence ``steps``."""
         return token_loss(self.forward(steps, cond), steps, valid)
+
+
+def _section_tokens(cond: Conditioning, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K sections of a time-stamped prompt's text, each cut to ``max_tokens``: (B, K * S', dim)
+    and the mask (B, K * S')."""
+    text, segments = cond.text, cond.segments
+    b, sections = segments.shape[:2]
+    if text.shape[1] % sections:
+        raise ValueError(f"text of {text.shape[1]} tokens does not split into {sections} sections")
+    per = text.shape[1] // sections
+    mask = cond.text_mask if cond.text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+    keep = min(per, max_tokens)
+    text = text.view(b, sections, per, -1)[:, :, :keep].flatten(1, 2)
+    return text, mask.view(b, sections, per)[:, :, :keep].flatten(1)
 
 
 def token_loss(logits: torch.Tensor, steps: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ from tunesmith.errors import CheckpointError, ConfigError
 from tunesmith.files import atomic_write_text
 from tunesmith.train import state as ckpt
 from tunesmith.train.ema import EMA
+from tunesmith.train.regularize import penalised_loss, twice_differentiable
 from tunesmith.train.schedule import lr_multiplier
 
 
@@ -60,6 +61,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # 0 disables
     ema_decay: float = 0.0  # 0 disables; e.g. 0.999
+    # lambda of the micro-batch gradient-norm penalty (tunesmith.train.regularize) over the
+    # grad_accum micro-batches; 0 disables (it costs a second backward pass)
+    grad_norm_penalty: float = 0.0
     seed: int = 0
     amp: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     grad_checkpointing: Literal["auto", "on", "off"] = "auto"  # auto: on for GPU
@@ -81,7 +85,7 @@ class TrainConfig:
         for name in ("warmup_steps", "valid_every", "checkpoint_every", "num_workers"):
             require(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
         require(_finite(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
-        for name in ("weight_decay", "grad_clip", "checkpoint_minutes"):
+        for name in ("weight_decay", "grad_clip", "checkpoint_minutes", "grad_norm_penalty"):
             value = getattr(self, name)
             require(_finite(value) and value >= 0, name, value, "a finite number >= 0")
         require(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio,
@@ -481,6 +485,9 @@ class Trainer:
         """
         cfg = self.config
         is_main = self.rank == 0
+        if cfg.grad_norm_penalty > 0 and self.world > 1:  # DDP's reducer runs on backward(), not autograd.grad
+            raise ConfigError("grad_norm_penalty is for single-process training (its double backward bypasses "
+                              "DDP/FSDP's gradient reduction); set it to 0 under torchrun")
         if is_main:
             cleared = ckpt.remove_stale_temporaries(self.checkpoint_root)
             if cleared:
@@ -528,13 +535,19 @@ class Trainer:
                         for m in self.modules.values():
                             if hasattr(m, "no_sync"):
                                 sync.enter_context(m.no_sync())
+                    if cfg.grad_norm_penalty > 0:  # its double backward needs attention's math kernel
+                        sync.enter_context(twice_differentiable())
                     with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                         out = self.task.training_step(self.modules, batch, self.step)
                         parts = [(single_name, *out)] if isinstance(out, tuple) else out
                         for name, loss, metrics in parts:
                             if not torch.isfinite(loss.detach()):
                                 raise FloatingPointError(f"loss of '{name}' is {loss.item()} at step {self.step}")
-                            scaled = loss / cfg.grad_accum
+                            if cfg.grad_norm_penalty > 0:  # its value is logged; loss/ stays the plain loss
+                                penalised, penalty = penalised_loss(loss, self.modules[name].parameters(),
+                                                                    cfg.grad_norm_penalty)
+                                metrics = {**metrics, f"grad_penalty/{name}": penalty.detach()}
+                            scaled = (penalised if cfg.grad_norm_penalty > 0 else loss) / cfg.grad_accum
                             if multi:
                                 params = [p for p in self.modules[name].parameters() if p.requires_grad]
                                 scaled.backward(inputs=params)

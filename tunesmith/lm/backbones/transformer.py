@@ -313,9 +313,12 @@ class TransformerBackbone(Backbone):
             rotations = None if self.sinusoidal else self._rotations(start, start + t, x.device)
         if self.sinusoidal:
             x = self._with_positions(x, start, index)
+        # a mask given with this step replaces the cached one for this step (time-stamped prompts
+        # switch sections between steps; the same mask on every call gives the same result)
+        cross_mask_now = state.cross_mask if cross_mask is None else _attention_mask(cross_mask)
         for i, block in enumerate(self.blocks):
             cross_kv = state.cross[i] if state.cross else None
-            x = block.step(x, rotations, state.keys[i], state.values[i], start, cross_kv, state.cross_mask, index)
+            x = block.step(x, rotations, state.keys[i], state.values[i], start, cross_kv, cross_mask_now, index)
         state.length = start + t
         return self.norm(x)
 
