@@ -43,11 +43,13 @@ MODEL_TYPE_MODULES: dict[str, str] = {
     "clap": "tunesmith.clap.model",
     "lm": "tunesmith.lm.model",
     "dit": "tunesmith.diffusion.dit",
+    "dpd": "tunesmith.hybrid.dpd",  # the two-stage generator's dual-path diffusion (stage 2)
 }
 GENERATOR_TYPE_MODULES: dict[str, str] = {  # generator_type -> "module:class"
     "token-lm": "tunesmith.lm.generator:TokenLMGenerator",
     "latent-diffusion": "tunesmith.diffusion.generator:LatentDiffusionGenerator",
     "lora-adapter": "tunesmith.adapters.generator:AdapterGenerator",  # a base generator + a LoRA update
+    "two-stage": "tunesmith.hybrid.generator:TwoStageGenerator",  # coarse-token LM + dual-path diffusion
 }
 # public layouts: format name -> "module:function(directory, device) -> Generator", imported on first use
 PUBLIC_FORMATS: dict[str, str] = {

@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "clap": "tunesmith.clap.train",
     "lm": "tunesmith.lm.train",
     "diffusion": "tunesmith.diffusion.train",
+    "hybrid": "tunesmith.hybrid.train",
 }
 
 
