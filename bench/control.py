@@ -221,6 +221,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_ditto2(args: argparse.Namespace) -> dict[str, Any]:
+    """DITTO against DITTO-2 (the noise optimised through one step of ``args.ditto2``, a distilled
+    student of the model), same prompts, seeds, targets and iterations: adherence and seconds."""
+    gen = tunesmith.load(args.model)
+    rows = load_prompts(args.prompts)
+    sr, d = gen.sample_rate, args.duration
+    optimisation = {"control_iterations": args.iterations, "control_steps": args.control_steps}
+    fields = {"intensity": "correlation", "melody": "accuracy"}
+    results: dict[str, dict[str, list[float]]] = {mode: {"seconds": [], **{n: [] for n in fields}} for mode in ("ditto", "ditto2")}
+    for i, row in enumerate(rows):
+        targets = targets_for(row, d, sr)
+        for name, field in fields.items():
+            for mode, extra in (("ditto", {}), ("ditto2", {"control_surrogate": args.ditto2})):
+                start = time.perf_counter()
+                out = gen.generate(row["prompt"], d, seed=args.seed + i, **{name: targets[name]}, **optimisation, **extra)
+                results[mode]["seconds"].append(time.perf_counter() - start)
+                results[mode][name].append(out.info["control_report"][name][field])
+                print(f"[{i + 1}/{len(rows)}] {name} {mode}: {results[mode][name][-1]:.3f} "
+                      f"({results[mode]['seconds'][-1]:.0f} s)", flush=True)
+    summary = {mode: {k: round(float(np.mean(v)), 4) for k, v in r.items()} for mode, r in results.items()}
+    return {"ditto2_speedup": round(summary["ditto"]["seconds"] / summary["ditto2"]["seconds"], 3),
+            "ditto2": {**summary, "surrogate": args.ditto2, "prompts": len(rows), "iterations": args.iterations,
+                       "note": "seconds per controlled clip (optimisation + sampling), mean over intensity and melody"}}
+
+
 def targets_met(result: dict[str, Any]) -> dict[str, bool]:
     """Each target of the issue against the measured means."""
     return {
@@ -286,9 +311,19 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--figure", default=None, help="save the target-vs-achieved figure here (PNG)")
     parser.add_argument("--quick", action="store_true", help="2 prompts, 6 s, 6 iterations: a check that it runs")
+    parser.add_argument("--ditto2", metavar="STUDENT", default=None,
+                        help="only compare DITTO with DITTO-2 through this distilled student; merged into --json")
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.duration, args.iterations = 2, 6.0, 6
+    if args.ditto2:
+        result = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
+        result.update(run_ditto2(args))
+        result.pop("ditto2_note", None)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({k: result[k] for k in ("ditto2_speedup", "ditto2")}, indent=2))
+        return
     result = run(args)
     text = json.dumps(result, indent=2)
     if args.json:

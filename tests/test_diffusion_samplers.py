@@ -70,9 +70,12 @@ def mixture_samples(n, weights, means, stds, seed):
 
 STEPS = {"euler": 100, "heun": 30, "ddim": 100, "dpmpp-2m": 30, "dpmpp-2m-sde": 60, "dpmpp-3m-sde": 60}
 MIX = ([0.3, 0.7], [-2.0, 1.5], [0.3, 0.5])
+# the samplers that integrate a denoiser's ODE/SDE; "pingpong" samples a distilled student's
+# consistency function instead (tests/test_distill.py checks it against an analytic one)
+SOLVERS = [name for name in SAMPLERS if name != "pingpong"]
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", SOLVERS)
 def test_every_sampler_matches_gaussian_moments(sampler):
     mu, std = 0.7, 0.5
     noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
@@ -95,7 +98,7 @@ def test_stochastic_variants_match_gaussian_moments(sampler, options):
     assert abs(x.std().item() / std - 1) < 0.04
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", SOLVERS)
 def test_every_sampler_matches_mixture_moments(sampler):
     weights, means, stds = MIX
     ref = mixture_samples(200000, weights, means, stds, seed=3)

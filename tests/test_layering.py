@@ -38,7 +38,8 @@ PREFIXES: dict[str, tuple[str, ...]] = {
                  "tunesmith.codec.export", "tunesmith.codec.curves",
                  "tunesmith.clap.train", "tunesmith.clap.report",
                  "tunesmith.adapters.finetune", "tunesmith.adapters.data", "tunesmith.adapters.autocaption",
-                 "tunesmith.data.captioner", "tunesmith.hybrid.train"),
+                 "tunesmith.data.captioner",
+                 "tunesmith.distill.train", "tunesmith.hybrid.train"),
     "serve": ("tunesmith.serve",),
     "cli": ("tunesmith.cli",),
 }

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="noise-optimisation steps for --intensity/--structure/--loop/--melody/--clap (default 20)")
     p.add_argument("--control-lr", type=float, metavar="LR", default=None,
                    help="noise-optimisation learning rate (default 0.05; loops converge faster at 0.15)")
+    p.add_argument("--control-surrogate", metavar="STUDENT", default=None,
+                   help="DITTO-2: optimise the noise through one step of this distilled student of --model "
+                        "(faster), then sample with --model")
     p.add_argument("--init-audio", metavar="FILE",
                    help="start from this audio: audio-to-audio at --strength; with --inpaint, regenerate only those "
                         "regions; shorter than --duration, continue it (outpainting) (diffusion models)")
@@ -211,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
         generator.use_int8()
     controls: dict[str, Any] = {name: getattr(args, name) for name in ("cfg", "steps", "temperature", "top_k",
                                                                        "intensity", "structure", "loop",
-                                                                       "control_iterations", "control_lr", "strength", "init_audio",
+                                                                       "control_iterations", "control_lr", "control_surrogate",
+                                                                       "strength", "init_audio",
                                                                        "clap", "unconditional")
                                 if getattr(args, name) is not None}
     if args.inpaint:

@@ -21,7 +21,8 @@ KINDS: dict[str, str] = {
     "clap": "tunesmith.clap.train",
     "lm": "tunesmith.lm.train",
     "diffusion": "tunesmith.diffusion.train",
-    "hybrid": "tunesmith.hybrid.train",
+    "distill": "tunesmith.distill.train",
+    "hybrid": "tunesmith.hybrid.train",  # stage 2 of the two-stage generator (the DPD)
 }
 
 
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue from the latest checkpoint in the run directory (with the run's saved config "
                         "unless --preset/--config is given)")
     p.add_argument("--export", default=None, help="write the trained model directory here when done")
+    p.add_argument("--teacher", default=None, metavar="NAME_OR_PATH",
+                   help="distill: the latent-diffusion model to distil (sets teacher=...)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 
@@ -55,7 +58,7 @@ def resolve_config(kind: str, preset_name: str | None, config_path: str | None, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunesmith.errors import CheckpointError
+    from tunesmith.errors import CheckpointError, ConfigError
     from tunesmith.train import state
     from tunesmith.train.engine import Trainer, seed_everything
 
@@ -63,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
     saved = Path(args.out) / "run_config.json" if args.out else None
     if args.resume and config_path is None and args.preset is None and saved is not None and saved.is_file():
         config_path = str(saved)  # resume with the run's own config, not today's preset defaults
-    module, config = resolve_config(args.kind, args.preset, config_path, args.overrides, args.out)
+    overrides = list(args.overrides)
+    if args.teacher is not None:
+        if args.kind != "distill":
+            raise ConfigError("--teacher is for `tunesmith train distill`")
+        overrides.append(f"teacher={args.teacher}")
+    module, config = resolve_config(args.kind, args.preset, config_path, overrides, args.out)
     if args.print_config:
         import json
 

@@ -42,6 +42,16 @@ class Denoiser:
             raise ValueError(f"parameterization must be 'v' or 'edm', got {parameterization!r}")
         self.net, self.parameterization, self.sigma_data = net, parameterization, sigma_data
 
+    def network_inputs(self, x: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the network reads for the noisy x at ``sigma``: (scaled input, its noise-level input);
+        for callers that want the network's features rather than its estimate (a GAN critic)."""
+        sigma = _per_item(sigma, x)
+        if self.parameterization == "v":
+            t = sigma_to_t(sigma)
+            return x * _bcast(cosine_alpha_sigma(t)[0], x), t
+        _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        return x * _bcast(c_in, x), c_noise
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
         sigma = _per_item(sigma, x)
         if self.parameterization == "v":

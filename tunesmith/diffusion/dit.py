@@ -44,6 +44,7 @@ from torch.utils.checkpoint import checkpoint
 from tunesmith.checkpoint import register_model
 from tunesmith.conditioning.beat import CLOCK_DIM
 from tunesmith.conditioning.key import KEY_DIM
+from tunesmith.diffusion.layerskip import LayerSkip
 
 
 @dataclass
@@ -81,6 +82,9 @@ class DiTConfig:
     number_fourier_dim: int = 256  # stable-audio: Fourier features of each number (seconds) embedding
     timing_min: float = 0.0  # stable-audio: seconds are clamped to [timing_min, timing_max], then scaled to [0, 1]
     timing_max: float = 512.0
+    # Presto-L (tunesmith.diffusion.layerskip): at noise levels >= skip_sigmas[i], skip skip_blocks[i] blocks
+    skip_sigmas: tuple[float, ...] = ()
+    skip_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("latent_dim", "width", "depth", "heads", "text_dim", "fourier_dim"):
@@ -109,6 +113,8 @@ class DiTConfig:
             raise ValueError("stable-audio conditioning takes no inpainting channels, adaLN, beat clock or key input")
         if not self.timing_min < self.timing_max:
             raise ValueError(f"need timing_min < timing_max, got {self.timing_min}, {self.timing_max}")
+        if len(self.skip_sigmas) != len(self.skip_blocks):
+            raise ValueError(f"skip_sigmas {self.skip_sigmas} and skip_blocks {self.skip_blocks} must have one entry per budget level")
 
     def is_global(self, layer: int) -> bool:
         """Whether self-attention of ``layer`` sees the whole sequence (else windows)."""
@@ -409,6 +415,8 @@ class DiT(nn.Module):
             DiTBlock(config, 0, 0) if config.is_global(i) else DiTBlock(config, config.local_window, config.window_offset(i))
             for i in range(config.depth)
         )
+        self.layer_skip = (LayerSkip(config.depth, config.skip_sigmas, config.skip_blocks, config.parameterization)
+                           if config.skip_sigmas or config.skip_blocks else None)
         self.norm_out = nn.LayerNorm(w) if config.final_norm else nn.Identity()
         self.proj_out = nn.Linear(w, d, bias=config.io_bias)
         nn.init.zeros_(self.proj_out.weight)  # the untrained net outputs 0: a calm start for every objective
@@ -582,9 +590,12 @@ class DiT(nn.Module):
         h = torch.cat([cond[:, None].to(h.dtype), h], dim=1)  # the global token
         rope = rotary_frequencies(t + 1, cfg.width // cfg.heads, cfg.rope_base, dev, cfg.rotary_dim)
 
-        for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, rope, context, cond, use_reentrant=False)
-            else:
-                h = block(h, rope, context, cond)
+        levels = None if self.layer_skip is None else self.layer_skip.levels(noise_level.to(dev).expand(b))
+        for i, block in enumerate(self.blocks):
+            def run(h: torch.Tensor, block: DiTBlock = block) -> torch.Tensor:
+                if self.gradient_checkpointing and torch.is_grad_enabled():
+                    return checkpoint(block, h, rope, context, cond, use_reentrant=False)
+                return block(h, rope, context, cond)
+
+            h = run(h) if levels is None else self.layer_skip(i, h, levels, run)  # type: ignore[misc]
         return self.proj_out(self.norm_out(h[:, 1:])).transpose(1, 2)

@@ -92,17 +92,22 @@ class LatentDiffusionGenerator(Generator):
                 "intensity": Control((str, Audio, Path)), "structure": Control(str),
                 "loop": Control((int, float), 0.05, 600), "melody": Control((Audio, str, Path)), "clap": Control(str),
                 "control_iterations": Control(int, 1, 1000), "control_lr": Control((int, float), 1e-4, 10),
-                "control_steps": Control(int, 1, 100), "control_weights": Control(dict)}
+                "control_steps": Control(int, 1, 100), "control_weights": Control(dict),
+                "control_surrogate": Control(str)}
     NOISE_CONTROLS = ("intensity", "structure", "loop", "melody", "clap")
 
     def __init__(self, model: DiT, codec: LatentCodec, text_encoder: Any = None, *, text_encoder_name: str = "minilm",
-                 latent_scale: float = 1.0, cfg: float = 4.0) -> None:
+                 latent_scale: float = 1.0, cfg: float = 4.0, sampling: dict[str, Any] | None = None) -> None:
         if codec.latent_dim != model.config.latent_dim:
             raise ValueError(f"the VAE has {codec.latent_dim} latent channels, the DiT expects {model.config.latent_dim}")
         super().__init__(model, codec, max_duration=float(model.config.max_seconds), cfg=cfg)
         self.model, self.latent_scale = self.network, latent_scale
         self._text_encoder, self.text_encoder_name = text_encoder, text_encoder_name
         self.frame_rate = float(codec.frame_rate)
+        # The model's own sampler settings (a distilled student's steps, sampler and noise levels),
+        # used where a request does not set them; checked like any control.
+        self.sampler_defaults = dict(sampling or {})
+        self.check_controls(self.sampler_defaults)
 
     @property
     def text_encoder(self) -> Any:
@@ -162,26 +167,37 @@ class LatentDiffusionGenerator(Generator):
     def optimized_noise(self, cond: Conditioning, uncond: Conditioning | None, frames: int, seed: int | list[int],
                         duration: float, targets: dict[str, Any], *, cfg: float, iterations: int = 20,
                         lr: float = 0.05, steps: int = 6, weights: dict[str, float] | None = None,
-                        progress: bool = False, callback: StepCallback | None = None,
+                        surrogate: str | None = None, progress: bool = False, callback: StepCallback | None = None,
                         ) -> tuple[torch.Tensor, ControlLoss, list[float]]:
         """DITTO: the seed's starting noise, optimised (``iterations`` Adam steps through a
-        ``steps``-step DDIM sampler, guided, and the VAE) towards the ``targets``."""
+        ``steps``-step DDIM sampler, guided, and the VAE) towards the ``targets``.
+
+        DITTO-2 (Novack et al. 2024): with ``surrogate`` (a one-step distilled student of this
+        model, by name or path) the optimisation runs through one step of the student instead,
+        without a CFG pass; the optimised noise is then sampled by this model as usual."""
         b = cond.batch_size() or 1
         loss = ControlLoss(reference_targets(targets, duration), self.sample_rate, duration, weights)
-        denoiser = Denoiser(self.model, self.model.config.parameterization, self.model.config.sigma_data)
-        guided = cfg_denoiser(denoiser, cond.model_inputs(), None if uncond is None else uncond.model_inputs(), cfg)
+        sigmas = get_sigmas("exponential", steps, 0.01, 80.0)
+        if surrogate is None:
+            net = self.model
+            denoiser = Denoiser(net, net.config.parameterization, net.config.sigma_data)
+            guided = cfg_denoiser(denoiser, cond.model_inputs(), None if uncond is None else uncond.model_inputs(), cfg)
+        else:
+            net = self.surrogate_model(surrogate)
+            denoiser = Denoiser(net, net.config.parameterization, net.config.sigma_data)
+            guided = cfg_denoiser(denoiser, cond.model_inputs(), None, 1.0)
+            sigmas = torch.tensor([80.0, 0.0])  # one student step from pure noise
         samples = self.num_samples(duration)
 
         def loss_of(latents: torch.Tensor) -> torch.Tensor:
             return loss(self.codec.decode(latents / self.latent_scale)[..., :samples])
 
-        frozen = [p for p in (*self.model.parameters(), *self.codec.parameters()) if p.requires_grad]
+        frozen = [p for p in (*net.parameters(), *self.codec.parameters()) if p.requires_grad]
         for p in frozen:  # gradients for the noise only, none into the weights
             p.requires_grad_(False)
         try:
             with torch.enable_grad():
-                result = optimize_noise(guided, get_sigmas("exponential", steps, 0.01, 80.0),
-                                        self.initial_noise(b, frames, seed), loss_of, iterations=iterations, lr=lr,
+                result = optimize_noise(guided, sigmas, self.initial_noise(b, frames, seed), loss_of, iterations=iterations, lr=lr,
                                         progress=progress,
                                         callback=None if callback is None else lambda i, n, _: callback(i, n))
         finally:
@@ -281,13 +297,15 @@ class LatentDiffusionGenerator(Generator):
         ``control_steps`` and ``control_weights`` (name -> weight) set how.
         """
         self.check_controls(controls)
+        controls = {**self.sampler_defaults, **controls}
         items = check_request(prompts, duration, self.max_duration)
         seed = check_seeds(seed, len(items))
         init_audio, mask = controls.pop("init_audio", None), controls.pop("mask", None)
         unconditional = bool(controls.pop("unconditional", False))
         targets = {name: controls.pop(name) for name in self.NOISE_CONTROLS if name in controls}
         optimisation = {key: controls.pop(name) for key, name in (("iterations", "control_iterations"), ("lr", "control_lr"),
-                        ("steps", "control_steps"), ("weights", "control_weights")) if name in controls}
+                        ("steps", "control_steps"), ("weights", "control_weights"),
+                        ("surrogate", "control_surrogate")) if name in controls}
         frames = self.num_frames(duration)
         cond, uncond = self.conditioning(items, duration, seed)
         if controls.get("cfg") is None:
@@ -331,6 +349,21 @@ class LatentDiffusionGenerator(Generator):
                                       **control_loss.report(audio.samples)}
         return audio
 
+    def surrogate_model(self, name: str) -> DiT:
+        """The DiT of a few-step student of this model (DITTO-2's surrogate), loaded once."""
+        cache = self.__dict__.setdefault("_surrogates", {})
+        if name not in cache:
+            from tunesmith.generator import load_generator
+
+            student = load_generator(name, str(self.device))
+            if not isinstance(student, LatentDiffusionGenerator) or student.latent_scale != self.latent_scale \
+                    or student.text_encoder_name != self.text_encoder_name \
+                    or student.model.config.latent_dim != self.model.config.latent_dim:
+                raise ValueError(f"control_surrogate '{name}' is not a student of this model (another latent "
+                                 "space, latent scale or text encoder)")
+            cache[name] = student.model
+        return cache[name]
+
     def keep_mask(self, regenerate: Sequence[tuple[float, float]] | torch.Tensor | None, frames: int, have: int) -> torch.Tensor:
         """(1, 1, frames) float mask, 1 = keep: frames the reference covers and the user did not mark."""
         keep = torch.zeros(frames)
@@ -372,11 +405,13 @@ class LatentDiffusionGenerator(Generator):
         return kept
 
     def config_entries(self) -> dict[str, Any]:
-        return {"text_encoder": self.text_encoder_name, "latent_scale": self.latent_scale, "cfg": self.cfg}
+        entries = {"text_encoder": self.text_encoder_name, "latent_scale": self.latent_scale, "cfg": self.cfg}
+        return {**entries, "sampling": self.sampler_defaults} if self.sampler_defaults else entries
 
     @classmethod
     def from_parts(cls, network: Any, codec: Any, meta: dict[str, Any], device: str) -> "LatentDiffusionGenerator":
         if not isinstance(network, DiT):
             raise ValueError(f"a latent-diffusion generator holds a DiT, found {type(network).__name__}")
         return cls(network, codec, text_encoder_name=meta.get("text_encoder", "minilm"),
-                   latent_scale=float(meta.get("latent_scale", 1.0)), cfg=float(meta.get("cfg", 4.0)))
+                   latent_scale=float(meta.get("latent_scale", 1.0)), cfg=float(meta.get("cfg", 4.0)),
+                   sampling=meta.get("sampling"))

@@ -27,7 +27,7 @@ StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScheduleName = Literal["karras", "exponential", "cosine"]
-SamplerName = Literal["euler", "heun", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde"]
+SamplerName = Literal["euler", "heun", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde", "pingpong"]
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +335,28 @@ def sample_dpmpp_3m_sde(
     return x
 
 
+def sample_pingpong(
+    denoiser: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """The few-step sampler of distilled students (consistency models, Song et al. 2023, Alg. 1;
+    DMD2's multi-step generator): denoise to a clean estimate, then re-noise it with fresh noise
+    to the next level, x' = D(x, sigma) + sigma' * n.  Each step is one network evaluation and
+    nothing is extrapolated between steps, which is why a student trained on its own
+    intermediate states (backward simulation) can take 1-4 of them.  NFE = number of steps.
+    """
+    for i in sampler_steps(sigmas, progress, "pingpong", callback):
+        denoised = denoiser(x, sigmas[i])
+        sigma_next = sigmas[i + 1]
+        x = denoised if sigma_next == 0 else denoised + sigma_next * _noise_like(x, generator)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "euler": sample_euler,
     "heun": sample_heun,
@@ -342,6 +364,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp-2m": sample_dpmpp_2m,
     "dpmpp-2m-sde": sample_dpmpp_2m_sde,
     "dpmpp-3m-sde": sample_dpmpp_3m_sde,
+    "pingpong": sample_pingpong,
 }
 
 
