@@ -287,3 +287,21 @@ def test_lm_plain_prompt_is_unchanged_by_a_one_section_prompt():
     gen = _lm(2)
     assert torch.equal(_tokens(gen, "a waltz in D minor", 0.5), _tokens(gen, "0:00-0:00.5 a waltz in D minor", 0.5))
 
+
+
+def test_a_section_with_tempo_words_gets_the_tempo_a_plain_prompt_would():
+    """Tempo words without a number draw the section's tempo from the words' range with the seed,
+    exactly as a plain prompt's clock does (tunesmith.conditioning.tempo_words)."""
+    from tunesmith.conditioning.beat import beat_clock
+    from tunesmith.conditioning.conditions import section_clock
+    from tunesmith.conditioning.prompt import parse_timed_prompt
+    from tunesmith.conditioning.tempo_words import prompt_tempo, tempo_words
+
+    sections = parse_timed_prompt("0:00-0:04 solo piano, quiet; 0:04-0:08 a fast jig on the fiddle")
+    for seed in (0, 5):
+        clock = section_clock(sections, 200, 25.0, seed=seed)
+        assert clock[:, :100].abs().sum() == 0  # no tempo named yet
+        bpm = prompt_tempo("a fast jig on the fiddle", seed)
+        low, high = tempo_words("a fast jig").low, tempo_words("a fast jig").high
+        assert low <= bpm <= high
+        torch.testing.assert_close(clock[:, 100:], beat_clock(bpm, 100, 25.0))

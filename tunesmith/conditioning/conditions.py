@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from tunesmith.conditioning.beat import CLOCK_DIM, beat_clock, prompt_clocks, record_clock
 from tunesmith.conditioning.key import key_vector, prompt_keys, record_key
-from tunesmith.conditioning.prompt import TimedSegment, mmss, parse_key, parse_tempo, parse_timed_prompt
+from tunesmith.conditioning.prompt import TimedSegment, mmss, parse_key, parse_timed_prompt
+from tunesmith.conditioning.tempo_words import prompt_tempo
 
 DROPPABLE = ("text", "melody", "beat", "key")
 
@@ -165,7 +166,8 @@ def from_prompts(
     sections = [parse_timed_prompt(p) for p in prompts]
     if any(sections):
         return _from_timed_prompts(list(prompts), sections, text_encoder, num_frames=num_frames, frame_rate=frame_rate,
-                                   beat_clock=beat_clock, key_input=key_input, melody=melody, duration=duration)
+                                   beat_clock=beat_clock, key_input=key_input, melody=melody, duration=duration,
+                                   seed=seed)
     text, mask = text_encoder.encode(list(prompts))
     b = text.shape[0]
     beat = prompt_clocks(list(prompts), num_frames, frame_rate, seed) if beat_clock else None
@@ -235,8 +237,9 @@ def _check_sections(sections: list[TimedSegment], duration: float | None, where:
                              f"the audio ({duration:g} s); ask for a longer duration")
 
 
-def section_clock(sections: list[TimedSegment], num_frames: int, frame_rate: float) -> torch.Tensor:
-    """(CLOCK_DIM, num_frames): each section's tempo as a beat clock over its frames.
+def section_clock(sections: list[TimedSegment], num_frames: int, frame_rate: float, seed: int = 0) -> torch.Tensor:
+    """(CLOCK_DIM, num_frames): each section's tempo (its BPM, or one ``seed`` draws from its tempo
+    words, as for a plain prompt) as a beat clock over its frames.
 
     A section naming no tempo keeps the one before it; a new tempo starts its grid on a
     beat at the section's first frame (a section starts on a downbeat); the same tempo
@@ -249,7 +252,7 @@ def section_clock(sections: list[TimedSegment], num_frames: int, frame_rate: flo
         frames = (owner == k).nonzero().flatten()
         if not len(frames):
             continue
-        named = parse_tempo(section.text)
+        named = prompt_tempo(section.text, seed)
         first, last = int(frames[0]), int(frames[-1]) + 1
         if named is not None and named != bpm:
             bpm, anchor = named, first
@@ -271,7 +274,7 @@ def section_keys(sections: list[TimedSegment]) -> list[torch.Tensor]:
 
 def _from_timed_prompts(prompts: list[str], sections: list[list[TimedSegment] | None], text_encoder: Any, *,
                         num_frames: int, frame_rate: float, beat_clock: bool, key_input: bool,
-                        melody: torch.Tensor | None, duration: float | None) -> Conditioning:
+                        melody: torch.Tensor | None, duration: float | None, seed: int | list[int] = 0) -> Conditioning:
     """:func:`from_prompts` for a batch with at least one time-stamped prompt (a plain one is
     one section covering everything)."""
     rows = [s if s else [TimedSegment(0.0, math.inf, p)] for p, s in zip(prompts, sections)]
@@ -293,7 +296,7 @@ def _from_timed_prompts(prompts: list[str], sections: list[list[TimedSegment] | 
         starts = [s.start for s in row]
         weights[i, : len(row)] = section_weights(starts, num_frames, frame_rate)
         if beat is not None:
-            beat[i] = section_clock(row, num_frames, frame_rate)
+            beat[i] = section_clock(row, num_frames, frame_rate, seed[i] if isinstance(seed, (list, tuple)) else seed)
         if key_input:
             vectors = section_keys(row)
             owner = _section_of_frame(starts, num_frames, frame_rate)
