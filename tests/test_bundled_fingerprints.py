@@ -51,8 +51,8 @@ def fingerprint(name: str, loudness: float | None = None) -> dict[str, list[floa
         return out
     if hasattr(generator, "generate_latents"):  # the DiT: the latents before the VAE
         cond, uncond = generator.conditioning([PROMPT], DURATION)
-        latents = generator.generate_latents(cond, uncond, generator.num_frames(DURATION), SEED,
-                                             cfg=generator.cfg).latents.double()
+        settings = {"cfg": generator.cfg, **generator.sampler_defaults}  # a student's own sampler and steps
+        latents = generator.generate_latents(cond, uncond, generator.num_frames(DURATION), SEED, **settings).latents.double()
         out["latents"] = [latents.mean().item(), latents.std().item(), latents.abs().max().item(),
                           *latents.mean(-1)[0, :8].tolist()]
     return out
@@ -63,7 +63,7 @@ def stored() -> dict:
     return json.loads(FIXTURE.read_text())
 
 
-@pytest.mark.parametrize("name", ["tunesmith-small-dit", "tunesmith-small"])
+@pytest.mark.parametrize("name", ["tunesmith-small-dit", "tunesmith-small", "tunesmith-small-dit-presto"])
 def test_bundled_output_matches_its_fingerprint(name, stored, one_thread):
     now, then = fingerprint(name), stored[name]
     np.testing.assert_allclose(now["loudness_db"], then["loudness_db"], atol=1.0, err_msg="loudness curve moved")
@@ -86,10 +86,19 @@ def test_normalised_output_matches_its_fingerprint(stored, one_thread):
         "the normalised output is not the raw output brought up"
 
 
+def test_bundled_models_fit_the_budget():
+    """Everything under tunesmith/models (installed with the package) stays within 150 MB."""
+    import tunesmith
+
+    root = Path(tunesmith.__file__).parent / "models"
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert total <= 150 * 1024**2, f"bundled models take {total / 1024**2:.1f} MB, over the 150 MB budget"
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     FIXTURE.parent.mkdir(exist_ok=True)
-    names = sys.argv[1:] or ["tunesmith-small-dit", "tunesmith-small", NORMALISED]
+    names = sys.argv[1:] or ["tunesmith-small-dit", "tunesmith-small", "tunesmith-small-dit-presto", NORMALISED]
     stored = json.loads(FIXTURE.read_text()) if FIXTURE.is_file() else {}
     for n in names:
         stored[n] = fingerprint("tunesmith-small-dit", -16.0) if n == NORMALISED else fingerprint(n)
