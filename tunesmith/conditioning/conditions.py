@@ -172,14 +172,20 @@ def from_prompts(
     b = text.shape[0]
     beat = prompt_clocks(list(prompts), num_frames, frame_rate, seed) if beat_clock else None
     key = prompt_keys(list(prompts)) if key_input else None
+    melody, start, total = _batch_melody_and_timing(melody, duration, b)
+    return Conditioning(text, mask, melody, beat, key, start, total)
+
+
+def _batch_melody_and_timing(melody: torch.Tensor | None, duration: float | None, b: int
+                             ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """A melody's chroma for each of ``b`` prompts (one is shared), and the timing of ``duration``."""
     if melody is not None and melody.shape[0] == 1 and b > 1:
         melody = melody.expand(b, -1, -1)
     elif melody is not None and melody.shape[0] != b:
         raise ValueError(f"{melody.shape[0]} melodies for {b} prompts")
-    start = total = None
-    if duration is not None:
-        start, total = torch.zeros(b), torch.full((b,), float(duration))
-    return Conditioning(text, mask, melody, beat, key, start, total)
+    if duration is None:
+        return melody, None, None
+    return melody, torch.zeros(b), torch.full((b,), float(duration))
 
 
 def from_clip(
@@ -306,11 +312,5 @@ def _from_timed_prompts(prompts: list[str], sections: list[list[TimedSegment] | 
         per_frame = torch.stack(keys)  # (B, KEY_DIM, F)
         constant = bool((per_frame == per_frame[..., :1]).all())
         key = per_frame[..., 0].contiguous() if constant else per_frame
-    if melody is not None and melody.shape[0] == 1 and b > 1:
-        melody = melody.expand(b, -1, -1)
-    elif melody is not None and melody.shape[0] != b:
-        raise ValueError(f"{melody.shape[0]} melodies for {b} prompts")
-    start = total = None
-    if duration is not None:
-        start, total = torch.zeros(b), torch.full((b,), float(duration))
+    melody, start, total = _batch_melody_and_timing(melody, duration, b)
     return Conditioning(text, text_mask, melody, beat, key, start, total, weights)
