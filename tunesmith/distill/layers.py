@@ -43,31 +43,17 @@ def hidden_stds(dit: nn.Module, x: torch.Tensor, sigma: float, **cond: Any) -> l
     """Standard deviation of the residual stream after each block (skipped blocks included)
     for the noisy latents ``x`` at noise level ``sigma``: what Presto-L keeps equal to the teacher's."""
     den = Denoiser(dit, dit.config.parameterization, dit.config.sigma_data)
-    after: list[torch.Tensor] = []
-    handles = [block.register_forward_hook(lambda _m, _a, out: after.append(out)) for block in dit.blocks]
+    # with a budget every block's step goes through the layer skip (run or stood in for): read it there
+    skip: LayerSkip | None = getattr(dit, "layer_skip", None)
+    sources = [skip] if skip is not None else list(dit.blocks)
+    stream: list[float] = []
+    handles = [m.register_forward_hook(lambda _m, _a, out: stream.append(_stream_std(out))) for m in sources]
     try:
-        if getattr(dit, "layer_skip", None) is None:
-            den(x, sigma, **cond)
-            return [_stream_std(h) for h in after]
-        # with a budget, read the stream as the model builds it: wrap the skip so skipped blocks report too
-        skip: LayerSkip = dit.layer_skip
-        original = skip.forward
-        stream: list[float] = []
-
-        def recording(block: int, h: torch.Tensor, levels: torch.Tensor, run: Any) -> torch.Tensor:
-            out = original(block, h, levels, run)
-            stream.append(_stream_std(out))
-            return out
-
-        skip.forward = recording  # type: ignore[method-assign]
-        try:
-            den(x, sigma, **cond)
-        finally:
-            del skip.forward
-        return stream
+        den(x, sigma, **cond)
     finally:
         for handle in handles:
             handle.remove()
+    return stream
 
 
 @torch.no_grad()
