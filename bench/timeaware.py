@@ -244,9 +244,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"date": datetime.now().isoformat(timespec="seconds"), "targets": TARGETS}
     print("1. captioner on corpus clips (test and valid splits)", flush=True)
     corpus = caption_corpus(captioner, corpus_clips(args.manifest, args.clips, args.seed), args.manifest.parent) \
-        if args.manifest.is_file() else {}
+        if args.manifest.is_file() and not args.generation_only else {}
     print("2. captioner on real recordings", flush=True)
-    real = caption_real(captioner, args.real, args.real_files)
+    real = caption_real(captioner, args.real, args.real_files) if not args.generation_only else {}
     print("3. generation from three-section prompts", flush=True)
     generated = generation(args, captioner) if args.prompts else {}
     timed = generated.get("timed", {})
@@ -270,6 +270,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=30)
     parser.add_argument("--section-seconds", type=float, default=6.0)
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain-prompt baseline")
+    parser.add_argument("--generation-only", action="store_true",
+                        help="only part 3 (a model's time-stamped generation), e.g. to compare checkpoints")
     parser.add_argument("--audio-dir", help="keep the first three prompts' audio here")
     parser.add_argument("--figure", help="with --audio-dir: save the first prompt's spectrograms here (PNG)")
     parser.add_argument("--seed", type=int, default=0)

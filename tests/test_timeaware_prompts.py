@@ -305,3 +305,67 @@ def test_a_section_with_tempo_words_gets_the_tempo_a_plain_prompt_would():
         low, high = tempo_words("a fast jig").low, tempo_words("a fast jig").high
         assert low <= bpm <= high
         torch.testing.assert_close(clock[:, 100:], beat_clock(bpm, 100, 25.0))
+
+
+# -- training on time-stamped windows ---------------------------------------------------------
+
+SEGMENTS = [{"start": 0.0, "end": 6.0, "instruments": ["marimba"], "dynamics": "p"},
+            {"start": 6.0, "end": 9.0, "instruments": ["marimba", "trumpet"], "dynamics": "f"},
+            {"start": 9.0, "end": 9.5, "instruments": ["trumpet"], "dynamics": "ff"},
+            {"start": 9.5, "end": 16.0, "instruments": ["trumpet"], "dynamics": "mp"}]
+
+
+def test_a_window_hears_its_sections_from_its_own_start():
+    import numpy as np
+
+    from tunesmith.data.captions import DYNAMIC_WORDS, window_sections
+
+    rng = np.random.default_rng(0)
+    sections = window_sections(SEGMENTS, 4.0, 8.0, rng, {"tempo_bpm": 96, "key": "F", "mode": "major"})
+    # 4-6 s of the first, 6-9 s of the second, 9-9.5 s of the third (too short: its time goes to the one before)
+    # and 9.5-12 s of the last, relative to the window's start
+    assert [(a, b) for a, b, _ in sections] == [(0.0, 2.0), (2.0, 5.5), (5.5, 8.0)]
+    first, second, last = (text for _, _, text in sections)
+    assert "marimba" in first and any(w in first for w in DYNAMIC_WORDS["p"])
+    assert "trumpet" in second and any(w in second for w in DYNAMIC_WORDS["f"])
+    assert any(w in last for w in DYNAMIC_WORDS["mp"]) and "BPM" not in second + last
+    assert window_sections(SEGMENTS, 0.5, 5.0, rng) == []  # one section only: a plain window
+    assert parse_timed_prompt(format_timed_prompt(sections))[1].start == 2.0
+
+
+def test_time_stamped_training_windows_cross_a_boundary_and_condition_like_generation(tmp_path):
+    import numpy as np
+
+    from tunesmith.conditioning.encoders import get_text_encoder
+    from tunesmith.data.cache import write_frame_cache
+    from tunesmith.diffusion.train import DataConfig, DiffusionTask, RunConfig, collate
+    from tunesmith.train.engine import TrainConfig
+
+    meta = {"kind": "latents", "model": "test", "frame_rate": 25.0, "sample_rate": 24000, "channels": 1, "latent_dim": 8}
+    rng = np.random.default_rng(0)
+    clips = [(rng.standard_normal((400, 8)).astype(np.float32),
+              {"id": f"c{i}", "caption": "a marimba piece", "duration": 16.0,
+               "tags": {"segments": SEGMENTS if i else [], "tempo_bpm": 96}}) for i in range(2)]
+    write_frame_cache(tmp_path / "cache", "train", clips, meta)
+    model = DiTConfig(latent_dim=8, width=32, depth=1, heads=2, text_dim=384, fourier_dim=16, max_seconds=20.0, beat_clock=True)
+    data = DataConfig(cache_dir=str(tmp_path / "cache"), segment_frames=200, section_probability=1.0, mask_probability=0.0)
+    task = DiffusionTask(RunConfig(model=model, data=data, train=TrainConfig(out_dir=str(tmp_path / "run"))))
+    items = [task.train_dataset.get_item(1, np.random.default_rng(seed)) for seed in range(12)]
+    for item in items:
+        sections = parse_timed_prompt(item["caption"])
+        assert sections is not None and len(sections) >= 2
+        start = item["seconds_start"]
+        inside = [b - start for b in (6.0, 9.0, 9.5) if 0 < b - start < 8.0]
+        assert any(1.5 <= t <= 6.5 for t in inside)  # a boundary in the window's middle
+    plain = task.train_dataset.get_item(0, np.random.default_rng(0))
+    assert plain["caption"] == "a marimba piece"  # a clip without sections trains as before
+
+    batch = collate([items[0], plain])
+    cond = task.conditioning(batch, torch.device("cpu"))
+    expected = from_prompts([items[0]["caption"], plain["caption"]], get_text_encoder("minilm"), num_frames=200,
+                            frame_rate=25.0)
+    assert torch.equal(cond.text, expected.text) and torch.equal(cond.text_mask, expected.text_mask)
+    assert torch.equal(cond.segments, expected.segments)
+    assert torch.equal(cond.seconds_start, batch["seconds_start"])  # timing (and the clip's clock) from the clip
+    loss, _ = task.training_step({"dit": task.model}, batch, 0)
+    assert torch.isfinite(loss)

@@ -278,6 +278,26 @@ def section_keys(sections: list[TimedSegment]) -> list[torch.Tensor]:
     return out
 
 
+def section_text(rows: list[list[TimedSegment]], text_encoder: Any, num_frames: int, frame_rate: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(text (B, K * S, dim), text_mask (B, K * S), segments (B, K, F)) of a batch of section lists:
+    row i's K sections of S tokens side by side (padded to the longest row), and how much each
+    frame reads each section.  Generation and training (time-stamped windows) both build it here."""
+    b, k_max = len(rows), max(len(r) for r in rows)
+    states, mask = text_encoder.encode([s.text for r in rows for s in r])
+    s_len = states.shape[1]
+    text = states.new_zeros(b, k_max * s_len, states.shape[-1])
+    text_mask = torch.zeros(b, k_max * s_len, dtype=torch.bool)
+    weights = torch.zeros(b, k_max, num_frames)
+    n = 0
+    for i, row in enumerate(rows):
+        for k in range(len(row)):
+            text[i, k * s_len : (k + 1) * s_len], text_mask[i, k * s_len : (k + 1) * s_len] = states[n], mask[n]
+            n += 1
+        weights[i, : len(row)] = section_weights([s.start for s in row], num_frames, frame_rate)
+    return text, text_mask, weights
+
+
 def _from_timed_prompts(prompts: list[str], sections: list[list[TimedSegment] | None], text_encoder: Any, *,
                         num_frames: int, frame_rate: float, beat_clock: bool, key_input: bool,
                         melody: torch.Tensor | None, duration: float | None, seed: int | list[int] = 0) -> Conditioning:
@@ -286,21 +306,12 @@ def _from_timed_prompts(prompts: list[str], sections: list[list[TimedSegment] | 
     rows = [s if s else [TimedSegment(0.0, math.inf, p)] for p, s in zip(prompts, sections)]
     for i, row in enumerate(rows):
         _check_sections(row, duration, "prompt" if len(rows) == 1 else f"prompts[{i}]")
-    b, k_max = len(rows), max(len(r) for r in rows)
-    states, mask = text_encoder.encode([s.text for r in rows for s in r])
-    s_len = states.shape[1]
-    text = states.new_zeros(b, k_max * s_len, states.shape[-1])
-    text_mask = torch.zeros(b, k_max * s_len, dtype=torch.bool)
-    weights = torch.zeros(b, k_max, num_frames)
+    b = len(rows)
+    text, text_mask, weights = section_text(rows, text_encoder, num_frames, frame_rate)
     beat = torch.zeros(b, CLOCK_DIM, num_frames) if beat_clock else None
     keys: list[torch.Tensor] = []
-    n = 0
     for i, row in enumerate(rows):
-        for k in range(len(row)):
-            text[i, k * s_len : (k + 1) * s_len], text_mask[i, k * s_len : (k + 1) * s_len] = states[n], mask[n]
-            n += 1
         starts = [s.start for s in row]
-        weights[i, : len(row)] = section_weights(starts, num_frames, frame_rate)
         if beat is not None:
             beat[i] = section_clock(row, num_frames, frame_rate, seed[i] if isinstance(seed, (list, tuple)) else seed)
         if key_input:

@@ -191,6 +191,47 @@ def segment_texts(segments: list[dict[str, Any]], rng: np.random.Generator) -> l
     return out
 
 
+LEVELS = ("pp", "p", "mp", "mf", "f", "ff")
+
+
+def window_sections(segments: list[dict[str, Any]], start: float, length: float, rng: np.random.Generator,
+                    tags: dict[str, Any] | None = None, min_seconds: float = 1.5) -> list[tuple[float, float, str]]:
+    """The sections a training window [start, start + length) s hears, as a time-stamped prompt
+    would give them: (start, end, text) in seconds from the window's start, contiguous from 0 to
+    ``length``; each text stands alone ("solo marimba, quiet", "brass, louder, loud"), because a
+    frame reads only its own section's text.  The first section may carry the clip's tempo and
+    key, as users write them.  Fewer than two sections of ``min_seconds`` give [] (a plain window)."""
+    tags = tags or {}
+    heard = []
+    for k, seg in enumerate(segments):
+        a, b = max(float(seg["start"]), start) - start, min(float(seg["end"]), start + length) - start
+        if b - a >= min_seconds:
+            heard.append((k, a))
+    if len(heard) < 2:
+        return []
+    out = []
+    for n, (k, a) in enumerate(heard):
+        seg = segments[k]
+        who = seg["instruments"]
+        words = [("solo " + say_instrument(who[0], rng)) if len(who) == 1 and rng.random() < 0.5
+                 else join_words([say_instrument(name, rng) for name in who])]
+        level = seg.get("dynamics")
+        if n > 0 and level and segments[heard[n - 1][0]].get("dynamics"):
+            step = LEVELS.index(level) - LEVELS.index(segments[heard[n - 1][0]]["dynamics"])
+            if step and rng.random() < 0.5:
+                words.append(_pick(rng, ("louder", "more intense")) if step > 0 else _pick(rng, ("softer", "quieter")))
+        if level:
+            words.append(_pick(rng, DYNAMIC_WORDS[level]))
+        if n == 0 and tags.get("tempo_bpm") and rng.random() < 0.7:
+            words.append(f"{int(tags['tempo_bpm'])} BPM")
+        if n == 0 and tags.get("key") and tags.get("mode") and rng.random() < 0.5:
+            words.append(f"{tags['key']} {tags['mode']}")
+        begin = 0.0 if n == 0 else round(a, 2)
+        end = round(length, 2) if n == len(heard) - 1 else round(heard[n + 1][1], 2)
+        out.append((begin, end, ", ".join(words)))
+    return out
+
+
 # how a prompt may name a clip whose instruments all belong to one family (not "plucked":
 # "plucked strings" would read as the string ensemble)
 FAMILY_WORDS: dict[str, tuple[str, ...]] = {

@@ -26,9 +26,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tunesmith.checkpoint import save
-from tunesmith.conditioning.conditions import ConditionDropout, Conditioning, drop_conditions, from_clip
+from tunesmith.conditioning.conditions import ConditionDropout, Conditioning, drop_conditions, from_clip, section_text
+from tunesmith.conditioning.prompt import TimedSegment, format_timed_prompt, parse_timed_prompt
 from tunesmith.config import ConfigError, register_preset
-from tunesmith.data.captions import resample_caption
+from tunesmith.data.captions import resample_caption, window_sections
 from tunesmith.diffusion.denoiser import Denoiser
 from tunesmith.diffusion.dit import DiT, DiTConfig
 from tunesmith.diffusion.generator import LatentDiffusionGenerator
@@ -47,6 +48,9 @@ class DataConfig:
     latent_scale: float = 1.0  # latents are multiplied by this (aim for unit variance)
     mask_probability: float = 0.3  # probability of an inpainting mask on an item
     caption_resample: float = 0.0  # probability of a caption freshly drawn from the clip's tags (data.captions.resample_caption)
+    # probability that a clip with sections (tags.segments) trains as a time-stamped prompt: a window
+    # across one of its section boundaries, each frame conditioned on its own section's text
+    section_probability: float = 0.0
     # synthetic data
     synthetic_items: int = 512
     synthetic_classes: int = 2
@@ -55,7 +59,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("mask_probability", "caption_resample"):
+        for name in ("mask_probability", "caption_resample", "section_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.segment_frames < 2 or self.latent_scale <= 0 or self.synthetic_items < 1 or self.synthetic_classes < 1:
@@ -203,12 +207,23 @@ class CachedLatents(Dataset):
         clip = self.cache.clip_frames(index)
         total = clip.shape[0]
         size = self.data.segment_frames
-        start = int(rng.integers(0, max(1, total - size + 1)))
+        record = self.cache.records[index]
+        segments = (record.get("tags") or {}).get("segments") or []
+        timed = len(segments) > 1 and self.data.section_probability > 0 and rng.random() < self.data.section_probability
+        sections: list[tuple[float, float, str]] = []
+        if timed:
+            for _ in range(4):  # a window may hear too little of a short section: draw again
+                start = self._window_across_a_boundary(segments, total, rng)
+                heard = min(size, total - start) / self.frame_rate
+                sections = window_sections(segments, start / self.frame_rate, heard, rng, record.get("tags"))
+                if sections:
+                    break
+        else:
+            start = int(rng.integers(0, max(1, total - size + 1)))
         window = clip[start : start + size].T.float() * self.data.latent_scale
         if window.shape[-1] < size:  # short clip: zero-pad; seconds_total tells the model where it ends
             window = torch.nn.functional.pad(window, (0, size - window.shape[-1]))
-        record = self.cache.records[index]
-        caption = resample_caption(record, rng, self.data.caption_resample)
+        caption = format_timed_prompt(sections) if sections else resample_caption(record, rng, self.data.caption_resample)
         item = _finish_item(window, None, caption, start / self.frame_rate, total / self.frame_rate, self.data, rng)
         # the clip's grid (cut at a bar line: a beat on its first frame) from the window's start, and its key
         item.update(from_clip(record, num_frames=size, frame_rate=self.frame_rate, start_frame=start,
@@ -217,6 +232,15 @@ class CachedLatents(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get_item(index, np.random.default_rng(index))
+
+    def _window_across_a_boundary(self, segments: list[dict[str, Any]], total: int, rng: np.random.Generator) -> int:
+        """A window start (frames) that puts one of the clip's section boundaries, drawn at random,
+        somewhere in the middle 60% of the window."""
+        size = self.data.segment_frames
+        boundary = float(segments[int(rng.integers(1, len(segments)))]["start"]) * self.frame_rate
+        low, high = boundary - 0.8 * size, boundary - 0.2 * size
+        start = int(round(rng.uniform(low, high)))
+        return int(np.clip(start, 0, max(0, total - size)))
 
 
 def _finish_item(
@@ -273,6 +297,7 @@ class DiffusionTask:
             if not Path(cache).is_dir():
                 raise ConfigError(f"latent cache not found: {cache} (build it with the corpus tools, or use 'synthetic')")
             self.train_dataset = CachedLatents(config.data, config.model)
+        self.frame_rate = float(self.train_dataset.frame_rate)  # latent frames per second, for section weights
         self.model = DiT(config.model)
         if config.init_from:
             from tunesmith.checkpoint import init_from
@@ -296,11 +321,22 @@ class DiffusionTask:
                 from tunesmith.conditioning.encoders import get_text_encoder
 
                 self._text_encoder = get_text_encoder(self.config.data.text_encoder)
+            sections = [parse_timed_prompt(c) for c in batch["caption"]]
+            if any(sections):  # time-stamped windows: each frame reads its own section's text, as in generation
+                rows = [s if s else [TimedSegment(0.0, float("inf"), c)] for s, c in zip(sections, batch["caption"])]
+                with torch.no_grad():
+                    text, mask, segments = section_text(rows, self._text_encoder, batch["latents"].shape[-1],
+                                                        self.frame_rate)
+                cond = Conditioning(text, mask, beat=batch.get("beat"), key=batch.get("key"),
+                                    seconds_start=batch["seconds_start"], seconds_total=batch["seconds_total"],
+                                    segments=segments)
+                return cond.to(device)
             with torch.no_grad():
                 text, mask = self._text_encoder.encode(batch["caption"])
         cond = Conditioning(text, mask, beat=batch.get("beat"), key=batch.get("key"),
                             seconds_start=batch["seconds_start"], seconds_total=batch["seconds_total"])
         return cond.to(device)
+
 
     def training_step(self, modules: dict[str, nn.Module], batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         net = modules["dit"]
