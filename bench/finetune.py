@@ -118,34 +118,65 @@ def heldout_set(work: Path, heldout: list[Path], per_track: int) -> dict[str, An
     return {"items": items}
 
 
-def fad_set(generator, items: list[dict[str, Any]], clap, out: Path) -> dict[str, Any]:
-    """Generate one clip per reference (its caption, seed i); FAD to the references and CLAP score."""
-    import torch
-
-    from tunesmith.audio import load_audio, save_audio
-    from tunesmith.eval import metrics as M
+def fad_set(generator, items: list[dict[str, Any]], clap, out: Path, reference_lufs: float | None) -> dict[str, Any]:
+    """Generate one clip per reference (its caption, seed i), then score them (:func:`score_set`)."""
+    from tunesmith.audio import save_audio
 
     out.mkdir(parents=True, exist_ok=True)
-    gen_mel, gen_clap, ref_mel, ref_clap, scores, seconds = [], [], [], [], [], []
-    text = clap.embed_text([it["prompt"] for it in items])
+    seconds = []
     for i, it in enumerate(items):
         start = time.perf_counter()
         audio = generator.generate([it["prompt"]], WINDOW, seed=i)
         seconds.append(time.perf_counter() - start)
-        wav = audio.samples[0]
-        save_audio(out / f"{it['id']}.wav", wav, audio.sample_rate)
+        save_audio(out / f"{it['id']}.wav", audio.samples[0], audio.sample_rate, format="wav")
+    return {**score_set(items, clap, out, reference_lufs), "generation_seconds_median": float(np.median(seconds))}
+
+
+def score_set(items: list[dict[str, Any]], clap, out: Path, reference_lufs: float | None) -> dict[str, Any]:
+    """FAD (mel statistics, CLAP) of the clips saved in ``out`` to the reference windows, and CLAP score.
+
+    The references are brought to ``reference_lufs`` first, the loudness every tunesmith generator
+    delivers (-16 LUFS by default): the mel-statistics embedding is level-sensitive, and the
+    windows keep their tracks' own mastering levels (-21 dB RMS with a 4.5 dB spread here), so
+    unmatched, FAD would mostly measure the output normaliser, not the style."""
+    import torch
+
+    from tunesmith.audio import load_audio
+    from tunesmith.eval import metrics as M
+    from tunesmith.loudness import LoudnessTarget, normalise
+
+    gen_mel, gen_clap, ref_mel, ref_clap, scores = [], [], [], [], []
+    text = clap.embed_text([it["prompt"] for it in items])
+    for i, it in enumerate(items):
+        gen = load_audio(out / f"{it['id']}.wav")
         ref = load_audio(it["audio"])
-        gen_mel.append(M.mel_statistics_embedding(wav.mean(0), audio.sample_rate))
-        ref_mel.append(M.mel_statistics_embedding(ref.samples[0], ref.sample_rate))
+        ref_wav = ref.samples
+        if reference_lufs is not None:
+            ref_wav, _ = normalise(ref_wav, ref.sample_rate, LoudnessTarget(reference_lufs))
+        gen_mel.append(M.mel_statistics_embedding(gen.samples.mean(0), gen.sample_rate))
+        ref_mel.append(M.mel_statistics_embedding(ref_wav[0], ref.sample_rate))
         with torch.inference_mode():
-            gen_clap.append(clap.embed_audio(wav[None], audio.sample_rate))
-            ref_clap.append(clap.embed_audio(ref.samples[None], ref.sample_rate))
+            gen_clap.append(clap.embed_audio(gen.samples[None], gen.sample_rate))
+            ref_clap.append(clap.embed_audio(ref_wav[None], ref.sample_rate))
         scores.append(float(M.clap_score(gen_clap[-1], text[i:i + 1])[0]))
     gm, rm = np.concatenate(gen_mel), np.concatenate(ref_mel)
     gc, rc = torch.cat(gen_clap).double().numpy(), torch.cat(ref_clap).double().numpy()
     return {"fad_mel_stats": M.fad_with_uncertainty(gm, rm, rounds=200, seed=0).to_dict(),
             "fad_clap": M.fad_with_uncertainty(gc, rc, rounds=200, seed=0).to_dict(),
-            "clap_score": _mean_ci(scores), "generation_seconds_median": float(np.median(seconds)), "clips": len(items)}
+            "clap_score": _mean_ci(scores), "clips": len(items), "reference_lufs": reference_lufs}
+
+
+def rescored(work: Path, name: str, stage_result: dict[str, Any], items, clap, audio: Path,
+             reference_lufs: float | None) -> dict[str, Any]:
+    """A stored stage scored again from its saved audio when it was scored against references at
+    another loudness (no generation repeated)."""
+    if stage_result["fad_set"].get("reference_lufs", "raw") == reference_lufs:
+        return stage_result
+    print(f"[{name}] scoring the saved clips against references at {reference_lufs} LUFS", file=sys.stderr)
+    kept = {k: v for k, v in stage_result["fad_set"].items() if k == "generation_seconds_median"}
+    stage_result["fad_set"] = {**score_set(items, clap, audio, reference_lufs), **kept}
+    (work / f"{name}.json").write_text(json.dumps(stage_result, indent=2) + "\n")
+    return stage_result
 
 
 def _mean_ci(values: list[float], rounds: int = 1000) -> dict[str, float]:
@@ -187,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--prior-share", type=float, default=0.0, help="prior preservation share (0: the folder alone)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference-lufs", type=float, default=-16.0,
+                        help="bring the reference windows to this loudness before FAD (the generators' output "
+                             "loudness; the mel-statistics embedding is level-sensitive)")
     parser.add_argument("--also-scale", type=float, action="append", default=[], metavar="S",
                         help="also measure the adapter at this strength (repeatable), e.g. 0.5")
     args = parser.parse_args(argv)
@@ -225,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     clap = load_clap()
     limit = 4 if args.quick else None
     base = tunesmith.load()
-    before = stage(work, "before", lambda: {"fad_set": fad_set(base, refs, clap, work / "gen-before"),
+    lufs = args.reference_lufs
+    before = stage(work, "before", lambda: {"fad_set": fad_set(base, refs, clap, work / "gen-before", lufs),
                                             "free_wording": adherence(base, work / "eval-before", limit)})
+    before = rescored(work, "before", before, refs, clap, work / "gen-before", lufs)
 
     config = FinetuneConfig(folder=str(folder), model=tunesmith.DEFAULT_GENERATOR, out=str(work / "adapter"),
                             run_dir=str(work / "run"), lora=LoraSettings(rank=args.rank), data=DataOptions(seed=args.seed),
-                            steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            steps=args.steps, batch_size=args.batch_size, lr=args.lr, prior_share=args.prior_share,
                             valid_every=max(2, args.steps // 5), patience=3, valid_windows=12, seed=args.seed,
                             progress=True)
 
@@ -242,25 +279,27 @@ def main(argv: list[str] | None = None) -> int:
         return {"adapter": str(result.adapter), "steps": result.steps, "best_step": result.best_step,
                 "valid_loss_base": result.valid_loss_base, "valid_loss_best": result.valid_loss_best,
                 "stopped_early": result.stopped_early, "minutes": result.minutes, "data": result.data,
+                "prior_clips": json.loads((Path(result.adapter) / "config.json").read_text())["training"]["prior_clips"],
                 "resumed": resume, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
     trained = stage(work, "train", train)
     adapted = tunesmith.load(trained["adapter"])
-    after = stage(work, "after", lambda: {"fad_set": fad_set(adapted, refs, clap, work / "gen-after"),
+    after = stage(work, "after", lambda: {"fad_set": fad_set(adapted, refs, clap, work / "gen-after", lufs),
                                           "free_wording": adherence(adapted, work / "eval-after", limit)})
+    after = rescored(work, "after", after, refs, clap, work / "gen-after", lufs)
 
     scaled = {}
     for scale in args.also_scale:
         weaker = tunesmith.load(trained["adapter"], adapter_scale=scale)
-        scaled[f"{scale:g}"] = stage(work, f"after_scale_{scale:g}", lambda g=weaker, s=scale: {
-            "fad_set": fad_set(g, refs, clap, work / f"gen-after-{s:g}"),
-            "free_wording": adherence(g, work / f"eval-after-{s:g}", limit)})
+        scaled[f"{scale:g}"] = rescored(work, f"after_scale_{scale:g}", stage(work, f"after_scale_{scale:g}", lambda g=weaker, s=scale: {
+            "fad_set": fad_set(g, refs, clap, work / f"gen-after-{s:g}", lufs),
+            "free_wording": adherence(g, work / f"eval-after-{s:g}", limit)}), refs, clap, work / f"gen-after-{scale:g}", lufs)
 
     result: dict[str, Any] = {"bench": "finetune", "quick": args.quick, "dataset": PACKAGE,
                               "train_tracks": [t.name for t in train_tracks], "heldout_tracks": [t.name for t in heldout],
                               "train_audio_minutes": round(trained["data"]["hours"] * 60, 1),
                               "heldout_windows": len(refs), "settings": {k: getattr(args, k) for k in (
-                                  "steps", "batch_size", "lr", "rank", "seed")}}
+                                  "steps", "batch_size", "lr", "rank", "prior_share", "reference_lufs", "seed")}}
     for embedding, key in (("mel_stats", "fad_mel_stats"), ("clap", "fad_clap")):
         b, a = before["fad_set"][key]["fad"], after["fad_set"][key]["fad"]
         suffix = "" if embedding == "mel_stats" else "_clap"
@@ -270,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     result["minutes"] = trained["minutes"]["total"]
     result["minutes_detail"] = trained["minutes"]
     result["peak_rss_mb"] = trained["peak_rss_mb"]
-    result["training"] = {k: trained[k] for k in ("steps", "best_step", "valid_loss_base", "valid_loss_best",
-                                                   "stopped_early", "data")}
+    result["training"] = {k: trained.get(k) for k in ("steps", "best_step", "valid_loss_base", "valid_loss_best",
+                                                       "stopped_early", "data", "prior_clips")}
     result["before"], result["after"] = before, after
     base_scores = np.asarray(before["free_wording"]["clap_scores"])
     result["free_wording_clap_score_change"] = _mean_ci(

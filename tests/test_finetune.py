@@ -17,6 +17,7 @@ from tunesmith.adapters import lora
 from tunesmith.adapters.data import held_out_files
 from tunesmith.adapters.directory import read_adapter
 from tunesmith.adapters.finetune import FinetuneConfig, run_finetune
+from tunesmith.adapters.prior import MixedWindows, median_loudness, prepare_prior, prior_count, prior_prompts
 from tunesmith.checkpoint import load_tensors
 from tunesmith.cli import main
 
@@ -56,7 +57,7 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(work):
     notes = []
-    result = run_finetune(config(work["songs"], work["dit"], work["root"] / "my-style"), log=notes.append)
+    result = run_finetune(config(work["songs"], work["dit"], work["root"] / "my-style", prior_share=0.3), log=notes.append)
     return {**work, "adapter": result.adapter, "result": result, "notes": notes}
 
 
@@ -72,7 +73,17 @@ def test_finetune_writes_a_small_adapter_that_names_its_base(trained):
     records = [json.loads(line) for line in (adapter.parent / "my-style.run" / "manifest.jsonl").read_text().splitlines()]
     auto = [r for r in records if r.get("caption_source") == "auto"]
     assert [r["source"] for r in auto] == ["song3.wav"]  # the one file without a caption
-    assert auto[0]["tags"]["families"] and auto[0]["caption"].startswith(auto[0]["tags"]["instruments"][0])
+    from tunesmith.audio import load_audio
+    from tunesmith.adapters.autocaption import caption_of
+    from tunesmith.data.captioner import TimeCaptioner
+
+    clip = load_audio(adapter.parent / "my-style.run" / "index" / auto[0]["audio"])
+    caption, tags = TimeCaptioner()(clip.samples, clip.sample_rate)  # the time-aware captioner's: its summary
+    assert auto[0]["caption"] == (caption_of(tags) if tags["segments"] else caption)
+    assert auto[0]["tags"]["timed_prompt"] == tags["timed_prompt"]
+    assert auto[0]["tags"]["captioner"] == "tunesmith time-aware captioner" and auto[0]["tags"]["families"]
+    meta_training = meta["training"]
+    assert meta_training["prior_clips"] == prior_count(meta_training["data"]["train_clips"], 0.3) > 0
     assert {r["split"] for r in records} == {"train", "valid"}
     held_out = {r["source"] for r in records if r["split"] == "valid"}
     assert held_out and not held_out & {r["source"] for r in records if r["split"] == "train"}  # split by file
@@ -181,8 +192,9 @@ def test_the_token_lm_fine_tunes_and_merges_alike(work, tmp_path):
     lm = TokenLM(LMConfig(num_codebooks=2, codebook_size=32, dim=32, backbone_config={"num_layers": 2, "num_heads": 4},
                           frame_rate=codec.frame_rate, max_frames=200))
     base = TokenLMGenerator(lm, codec).save(tmp_path / "tiny-lm")
-    result = run_finetune(config(work["captioned"], base, tmp_path / "lm-style", steps=4, valid_every=2),
+    result = run_finetune(config(work["captioned"], base, tmp_path / "lm-style", steps=4, valid_every=2, prior_share=0.3),
                           log=lambda _: None)
+    assert json.loads((result.adapter / "config.json").read_text())["training"]["prior_clips"] == 1  # tokens too
     assert result.valid_loss_best <= result.valid_loss_base
     prompt = dict(prompts="a slow drone for cello", duration=0.5, seed=2)
     adapted = tunesmith.load(str(result.adapter)).generate(**prompt).samples
@@ -202,3 +214,94 @@ def test_held_out_files_are_a_seeded_choice_of_whole_files():
     picks = [held_out_files(stinger, 0.1, seed) for seed in range(20)]
     assert all(sum(stinger[f] for f in c) >= 0.1 * sum(stinger.values()) and len(c) <= 2 for c in picks)
     assert ["long.wav", "short.wav"] in picks or ["other.wav", "short.wav"] in picks
+
+
+def test_prior_prompts_say_their_tags_in_words_the_prompt_parser_reads():
+    from tunesmith.conditioning.prompt import parse_prompt
+    from tunesmith.music import parse_key_name
+
+    pairs = prior_prompts(40, seed=3)
+    assert pairs == prior_prompts(40, seed=3) and pairs != prior_prompts(40, seed=4)
+    assert len({t["style"] for _, t in pairs}) >= 8  # the whole vocabulary, not one corner of it
+    read_tempo = read_key = 0
+    for text, tags in pairs:
+        facts = parse_prompt(text)
+        if facts.tempo_bpm is not None:
+            assert facts.tempo_bpm == tags["tempo_bpm"], text
+            read_tempo += 1
+        if facts.tonic is not None:
+            key = parse_key_name(tags["key"], tags["mode"])
+            assert (facts.tonic, facts.mode) == (key.tonic, key.mode), text
+            read_key += 1
+    assert read_tempo >= 30 and read_key >= 30
+    assert prior_count(50, 0.3) == 21 and prior_count(50, 0.0) == 0 and prior_count(1000, 0.5) == 64
+
+
+def test_prior_clips_are_the_bases_own_generations_cached_once(trained, tmp_path, monkeypatch):
+    import tunesmith.generator as generator_module
+    from tunesmith.data.cache import FrameCache
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained["adapter"].parent / "my-style.run" / "cache", cache)
+    base = tunesmith.load(str(trained["dit"]))
+    notes = []
+    assert prepare_prior(trained["dit"], tmp_path, cache, base.codec, "latents", 3, 1.0, seed=5, lufs=-30.0,
+                         progress=False, log=notes.append) == 3
+    prior = FrameCache(cache, "prior")
+    prompts = prior_prompts(3, 5)
+    assert [r["caption"] for r in prior.records] == [p for p, _ in prompts]
+    assert all(r["tags"]["prior"] and r["tags"]["tempo_bpm"] == t["tempo_bpm"] for r, (_, t) in zip(prior.records, prompts))
+    alone = base.generate([prompts[1][0]], 1.0, seed=5 * 100_003 + 1, loudness=-30.0).samples  # at the folder's loudness
+    expected = base.codec.encode_long(alone)[0].T
+    assert torch.allclose(prior.clip_frames(1).float(), expected, atol=2e-2, rtol=1e-2)  # the cache keeps float16
+    for other_audio in (base.generate([prompts[1][0]], 1.0, seed=6, loudness=-30.0).samples,
+                        base.generate([prompts[1][0]], 1.0, seed=5 * 100_003 + 1, loudness=None).samples):
+        other = base.codec.encode_long(other_audio)[0].T
+        assert not torch.allclose(prior.clip_frames(1).float(), other, atol=2e-2, rtol=1e-2)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("regenerated an unchanged prior")
+
+    monkeypatch.setattr(generator_module, "load_generator", no_generation)
+    assert prepare_prior(trained["dit"], tmp_path, cache, base.codec, "latents", 3, 1.0, seed=5, lufs=-30.0,
+                         progress=False, log=notes.append) == 3 and "reusing" in notes[-1]
+    with pytest.raises(AssertionError, match="regenerated"):  # another count is another prior
+        prepare_prior(trained["dit"], tmp_path, cache, base.codec, "latents", 4, 1.0, seed=5, lufs=-30.0, progress=False,
+                      log=notes.append)
+    assert prepare_prior(trained["dit"], tmp_path, cache, base.codec, "latents", 0, 1.0, seed=5, log=notes.append) == 0
+    assert not (cache / "prior.safetensors").exists()
+
+
+def test_mixed_windows_put_the_prior_after_the_users_clips():
+    class Windows:
+        def __init__(self, name, n):
+            self.name, self.n = name, n
+
+        def __len__(self):
+            return self.n
+
+        def get_item(self, index, rng):
+            return (self.name, index)
+
+        def __getitem__(self, index):
+            return (self.name, index)
+
+    mixed = MixedWindows(Windows("user", 3), Windows("empty", 0), Windows("prior", 2))
+    rng = np.random.default_rng(0)
+    assert len(mixed) == 5 and [mixed.get_item(i, rng) for i in range(5)] == [
+        ("user", 0), ("user", 1), ("user", 2), ("prior", 0), ("prior", 1)]
+    with pytest.raises(IndexError):
+        mixed[5]
+
+
+def test_the_prior_is_brought_to_the_median_loudness_of_the_users_clips(tmp_path):
+    from tunesmith.loudness import integrated_loudness
+
+    t = np.arange(2 * SR) / SR
+    tone = np.sin(2 * np.pi * 330 * t).astype(np.float32)
+    paths = []
+    for i, gain in enumerate((0.05, 0.1, 0.4)):
+        sf.write(tmp_path / f"{i}.wav", gain * tone, SR, subtype="FLOAT")
+        paths.append(tmp_path / f"{i}.wav")
+    middle = integrated_loudness((0.1 * tone)[None], SR)
+    assert abs(median_loudness(paths) - middle) < 1e-3 and abs(middle - (20 * np.log10(0.1) - 3.01 - 0.691 + 0.5)) < 1.0

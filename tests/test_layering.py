@@ -38,6 +38,7 @@ PREFIXES: dict[str, tuple[str, ...]] = {
                  "tunesmith.codec.export", "tunesmith.codec.curves",
                  "tunesmith.clap.train", "tunesmith.clap.report",
                  "tunesmith.adapters.finetune", "tunesmith.adapters.data", "tunesmith.adapters.autocaption",
+                 "tunesmith.adapters.prior",
                  "tunesmith.data.captioner",
                  "tunesmith.distill.train", "tunesmith.hybrid.train"),
     "serve": ("tunesmith.serve",),

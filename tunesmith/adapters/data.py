@@ -4,8 +4,9 @@
 
 1. index (``tunesmith.data.index``): every usable file, resampled to the codec's rate and
    channels, cut into clips of ``segment_seconds``; unusable files skipped with a reason;
-2. captions: the folder's own (sidecars, or a caption table) where there are any, else
-   :mod:`tunesmith.adapters.autocaption`'s tempo, key and instrument tags;
+2. captions: the folder's own (sidecars, or a caption table) where there are any, else the
+   time-aware captioner's (:mod:`tunesmith.data.captioner`): the clip's summary as the caption
+   (families, key, tempo: the shape of a prompt), its time-stamped sections in the tags;
 3. split by file, never by clip: the held-out clips come from files the training never
    hears (clips of one recording are too alike to tell generalisation from memory); a folder
    of one file holds out its last clip instead;
@@ -28,9 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tunesmith.adapters.autocaption import AutoCaptioner
 from tunesmith.audio import load_audio
 from tunesmith.data.cache import write_frame_cache
+from tunesmith.adapters.autocaption import caption_of
+from tunesmith.data.captioner import TimeCaptioner
 from tunesmith.data.index import AUDIO_SUFFIXES, IndexOptions, index_folder
 from tunesmith.data.manifest import read_manifest, stable_hash, write_manifest
 from tunesmith.data.sources import scan_folder
@@ -102,7 +104,7 @@ def held_out_files(durations: dict[str, float], fraction: float, seed: int) -> l
 
 
 def prepare_folder(folder: str | Path, run_dir: str | Path, codec: Any, codec_name: str, kind: str,
-                   options: DataOptions | None = None, *, captioner: Callable[[], AutoCaptioner] | None = None,
+                   options: DataOptions | None = None, *, captioner: Callable[[], Callable[..., Any]] | None = None,
                    progress: bool = True, log: Callable[[str], None] | None = None) -> PreparedData:
     """Index, caption, split and cache ``folder`` under ``run_dir`` (reused when unchanged)."""
     options = options or DataOptions()
@@ -139,10 +141,14 @@ def prepare_folder(folder: str | Path, run_dir: str | Path, codec: Any, codec_na
 
     auto = [r for r in records if r["caption"] == _UNCAPTIONED]
     if auto:
-        tagger = captioner() if captioner is not None else AutoCaptioner()
+        tagger = captioner() if captioner is not None else TimeCaptioner()
         for record in tqdm(auto, desc="caption", unit="clip", disable=not progress):
             audio = load_audio(index_dir / record["audio"])
-            record["caption"], tags = tagger(audio.samples, audio.sample_rate)
+            caption, tags = tagger(audio.samples, audio.sample_rate)
+            # train on the summary ("cello, strings, D minor, 96 BPM"), the shape of what people type;
+            # the time-stamped sections stay in the tags ("segments", "timed_prompt") to read and for
+            # section training
+            record["caption"] = caption_of(tags) if tags.get("segments") else caption
             record["tags"] = {**tags, **(record.get("tags") or {})}
             record["caption_source"] = "auto"
 

@@ -33,8 +33,10 @@ from tunesmith import DEFAULT_GENERATOR
 from tunesmith.adapters import lora
 from tunesmith.adapters.data import DataOptions, prepare_folder
 from tunesmith.adapters.directory import ADAPTER_TYPE, write_adapter
+from tunesmith.adapters.prior import PRIOR_SPLIT, MixedWindows, median_loudness, prepare_prior, prior_count
 from tunesmith.checkpoint import BUNDLED_DIR, load_tensors, read_directory_meta, resolve, save_tensors
 from tunesmith.config import require, save_config
+from tunesmith.data.manifest import read_manifest
 from tunesmith.errors import CheckpointError, UserError
 from tunesmith.files import atomic_write_text
 from tunesmith.generator import load_parts
@@ -59,6 +61,10 @@ class FinetuneConfig:
     lr: float = 1e-3
     warmup_steps: int = 10
     window_seconds: float = 10.0  # training window, as the bundled models were trained
+    # prior preservation: this share of the training clips are the base's own generations
+    # (tunesmith.adapters.prior); off by default: on the benchmark it kept prompt adherence but
+    # made the output burstier and further from the folder's style (docs/finetune.md)
+    prior_share: float = 0.0
     valid_every: int = 40  # steps; 0: no validation (and no early stopping)
     patience: int = 3  # validations without a new best before stopping; 0: never stop early
     valid_windows: int = 12  # held-out windows per validation (at most)
@@ -72,6 +78,7 @@ class FinetuneConfig:
         for name in ("warmup_steps", "valid_every", "patience"):
             require(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
         require(self.valid_windows >= 1, "valid_windows", self.valid_windows, ">= 1")
+        require(0.0 <= self.prior_share < 1.0, "prior_share", self.prior_share, "in [0, 1)")
         require(np.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
         require(np.isfinite(self.window_seconds) and self.window_seconds > 0, "window_seconds", self.window_seconds, "> 0")
 
@@ -124,8 +131,8 @@ def load_base(model: str) -> tuple[nn.Module, Any, dict[str, Any], Path]:
 
 
 def _diffusion_task(config: FinetuneConfig, network: nn.Module, meta: dict[str, Any], cache: Path,
-                    train: TrainConfig) -> tuple[Any, Callable[[nn.Module], float] | None]:
-    from tunesmith.diffusion.train import DataConfig, RunConfig, make_task
+                    train: TrainConfig, prior: bool) -> tuple[Any, Callable[[nn.Module], float] | None]:
+    from tunesmith.diffusion.train import CachedLatents, DataConfig, RunConfig, make_task
 
     frame_rate = float(json.loads((cache / "meta.json").read_text())["frame_rate"])
     frames = max(2, round(config.window_seconds * frame_rate))
@@ -134,11 +141,12 @@ def _diffusion_task(config: FinetuneConfig, network: nn.Module, meta: dict[str, 
     run = RunConfig(model=network.config, data=data, train=train)
     task = make_task(run)
     task.model = network  # the base with its LoRA layers, in place of the fresh DiT the task built
+    if prior:
+        task.train_dataset = MixedWindows(task.train_dataset,
+                                          CachedLatents(dataclasses.replace(data, split=PRIOR_SPLIT), network.config))
     if not (cache / "valid.safetensors").is_file():
         return task, None
     valid = dataclasses.replace(data, split="valid", mask_probability=0.0)
-    from tunesmith.diffusion.train import CachedLatents
-
     dataset = CachedLatents(valid, network.config)
     return task, lambda net: _diffusion_valid_loss(task, net, dataset, config.valid_windows)
 
@@ -166,7 +174,8 @@ def _diffusion_valid_loss(task: Any, net: nn.Module, dataset: Any, windows: int)
 
 
 def _lm_task(config: FinetuneConfig, network: nn.Module, meta: dict[str, Any], cache: Path,
-             train: TrainConfig) -> tuple[Any, Callable[[nn.Module], float] | None]:
+             train: TrainConfig, prior: bool) -> tuple[Any, Callable[[nn.Module], float] | None]:
+    from tunesmith.conditioning.encoders import get_text_encoder
     from tunesmith.lm.train import RunConfig, make_task
 
     c = network.config
@@ -176,6 +185,9 @@ def _lm_task(config: FinetuneConfig, network: nn.Module, meta: dict[str, Any], c
                     valid_batches=max(1, -(-config.valid_windows // config.batch_size)), train=train)
     task = make_task(run)
     task.model = network
+    if prior:
+        task.train_dataset = MixedWindows(task.train_dataset,
+                                          task._windows(PRIOR_SPLIT, get_text_encoder(c.text_encoder), Path(train.out_dir)))
     if not has_valid:
         return task, None
     return task, lambda net: task.validate({"lm": net}, 0)["loss"]
@@ -260,12 +272,21 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[
     codec_name = str(meta.get("codec") or (base_dir / "codec"))
     data = prepare_folder(config.folder, run_dir, codec, codec_name, FAMILIES[family], config.data,
                           progress=config.progress, log=log)
-    del codec
     if data.train_clips == 0:
         raise UserError(f"no clips left to train on in {config.folder} after holding out {len(data.valid_files)} files")
     log(f"data: {data.train_clips} training clips from {len(data.train_files)} files, {data.valid_clips} held-out "
         f"clips{' from ' + ', '.join(data.valid_files) if data.valid_files else ''}; {data.hours * 60:.1f} minutes in all"
         f"{f', {data.auto_captioned} captioned automatically' if data.auto_captioned else ''}")
+    prior_clips = prior_count(data.train_clips, config.prior_share)
+    if prior_clips:
+        records = [r for r in read_manifest(data.manifest) if r["split"] == "train"]
+        lufs = median_loudness([run_dir / "index" / r["audio"] for r in records])
+        seconds = float(np.median([float(r["duration"]) for r in records]))  # as long and as loud as the user's clips
+        prior_clips = prepare_prior(base_dir, run_dir, data.cache_dir, codec, FAMILIES[family], prior_clips,
+                                    seconds, config.seed, lufs=lufs, progress=config.progress, log=log)
+    else:
+        prepare_prior(base_dir, run_dir, data.cache_dir, codec, FAMILIES[family], 0, 0.0, config.seed)
+    del codec
     prepared = time.monotonic()
 
     seed_everything(config.seed)  # the LoRA initialisation follows the seed
@@ -281,7 +302,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[
                         keep_checkpoints=1, log_every=min(10, config.steps), progress=config.progress)
     build = _diffusion_task if family == "latent-diffusion" else _lm_task
     name = "dit" if family == "latent-diffusion" else "lm"
-    inner, valid_loss = build(config, network, meta, data.cache_dir, train)
+    inner, valid_loss = build(config, network, meta, data.cache_dir, train, prior_clips > 0)
     if len(inner.train_dataset) < batch_size:
         batch_size = len(inner.train_dataset)
         train = dataclasses.replace(train, batch_size=batch_size)
@@ -317,6 +338,7 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, log: Callable[
         chosen = f"the last step, {result.step}"
     training = {"steps": result.step, "max_steps": config.steps, "chosen": chosen, "stopped_early": task.stopped_early,
                 "valid_loss_base": best.get("base_loss"), "valid_loss_best": best.get("loss"),
+                "prior_clips": prior_clips, "prior_share": config.prior_share,
                 "batch_size": batch_size, "lr": config.lr, "seed": config.seed, "window_seconds": config.window_seconds,
                 "run_dir": str(run_dir), "minutes": minutes, "data": data.summary()}
     peft = lora.peft_config(config.lora, layers, base).to_dict()

@@ -35,10 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="10 s windows per step (default 4)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--captions", default="auto", metavar="auto|FILE",
-                   help="'auto' (default): sidecar captions where present, else tempo/key/instrument tags from the "
-                        "audio; or a CSV/JSONL table with file and caption columns")
+                   help="'auto' (default): sidecar captions where present, else the time-aware captioner's "
+                        "(tempo, key, instruments, sections); or a CSV/JSONL table with file and caption columns")
     p.add_argument("--segment", type=float, default=30.0, metavar="S", help="cut files into clips of S seconds (default 30)")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="share of the audio, in whole files, held out for validation (default 0.1)")
+    p.add_argument("--prior-share", type=float, default=0.0, metavar="F",
+                   help="share of the training clips the base generates from its own prompts (prior preservation: "
+                        "keeps prompt adherence, costs style; measured in docs/finetune.md; default 0: off)")
     p.add_argument("--valid-every", type=int, default=40, help="validate every N steps (default 40; 0: never)")
     p.add_argument("--patience", type=int, default=3, help="stop after N validations without a new best (default 3; 0: never)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and split")
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--lr must be a positive number, got {args.lr}")
     if not (0 <= args.valid_fraction < 1):
         raise UserError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    if not (0 <= args.prior_share < 1):
+        raise UserError(f"--prior-share must be in [0, 1), got {args.prior_share}")
     if not Path(args.folder).is_dir():
         raise UserError(f"no such folder: {args.folder}")
 
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         data=DataOptions(captions=args.captions, segment_seconds=args.segment, valid_fraction=args.valid_fraction,
                          seed=args.seed),
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, valid_every=args.valid_every,
-        patience=args.patience, seed=args.seed, progress=not args.no_progress)
+        patience=args.patience, prior_share=args.prior_share, seed=args.seed, progress=not args.no_progress)
     result = run_finetune(config, resume=args.resume)
     if result.adapter is None:
         return 0
