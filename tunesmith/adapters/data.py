@@ -190,6 +190,12 @@ def prepare_folder(folder: str | Path, run_dir: str | Path, codec: Any, codec_na
     return data
 
 
+def cache_rows(frames: torch.Tensor, kind: str) -> np.ndarray:
+    """A clip's encoded frames (width, T) as the frame cache stores them: (T, width), tokens as integers."""
+    array = frames.numpy() if kind == "latents" else frames.to(torch.int64).numpy()
+    return np.ascontiguousarray(array.T)
+
+
 def _encoded(records: list[dict[str, Any]], index_dir: Path, codec: Any, kind: str, split: str, progress: bool):
     """(frames (T, width), info) per clip: the codec's posterior-mean latents or its tokens."""
     for record in tqdm(records, desc=f"encode {split}", unit="clip", disable=not progress):
@@ -197,6 +203,5 @@ def _encoded(records: list[dict[str, Any]], index_dir: Path, codec: Any, kind: s
         wav = audio.samples[None].float()
         with torch.inference_mode():
             frames = codec.encode_long(wav)[0]  # (width, T)
-        array = frames.numpy() if kind == "latents" else frames.to(torch.int64).numpy()
-        yield np.ascontiguousarray(array.T), {"id": record["id"], "caption": record["caption"],
+        yield cache_rows(frames, kind), {"id": record["id"], "caption": record["caption"],
                                               "tags": record.get("tags") or {}, "duration": record["duration"]}

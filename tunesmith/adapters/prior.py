@@ -28,7 +28,7 @@ from tunesmith.data.cache import read_cache_meta, write_frame_cache
 from tunesmith.files import atomic_write_text
 
 PRIOR_SPLIT = "prior"
-METERS = {"duple": ("4/4", "2/4"), "triple": ("3/4",), "compound": ("6/8",), "odd": ("5/4", "7/8")}  # one per class
+METERS = {"duple": ("4/4", "2/4"), "triple": ("3/4",), "compound": ("6/8",), "odd": ("5/4", "7/8")}  # meters of each class
 PRIOR_STATE = "prior.json"
 
 
@@ -96,16 +96,12 @@ def prepare_prior(base_dir: Path, run_dir: Path, cache_dir: Path, codec: Any, ki
     """Write ``count`` base-generated clips of ``seconds`` as the cache's ``prior`` split (reused
     when the base, count, length and seed are unchanged); returns the number of clips.
 
-    ``lufs``: the loudness to bring every prior clip to, that of the user's clips.  Guided samples
-    come out louder than the data the base learnt from (classifier-free guidance at 4 pushes
-    them: latents with a 45% larger spread than the folder's here); trained on as they are,
-    they pull the adapter towards ever louder, brighter output (measured: FAD to the folder's
-    held-out tracks twice the base's).
-
-    Give them the length of the user's clips: the DiT is conditioned on a clip's total length
-    (Stable Audio's timing), and prior clips of another length teach it "this length sounds like
-    the base, that one like the folder" (measured: 10 s prior clips beside 30 s user clips left
-    10 s generations further from the folder's style than the base's own)."""
+    ``lufs``: the loudness to bring every prior clip to, that of the user's clips, and ``seconds``
+    their length: guided samples come out louder than the data the base learnt from, and the DiT
+    is conditioned on a clip's total length (Stable Audio's timing), so unmatched prior clips
+    differ from the folder in ways that are not its style.  Matching both did not make prior
+    preservation pay on the benchmark (docs/finetune.md): it keeps prompt adherence but makes
+    the output bursty, which is why it is off by default."""
     log = log or (lambda text: print(text, file=sys.stderr))
     state_path = run_dir / PRIOR_STATE
     files = [cache_dir / f"{PRIOR_SPLIT}.safetensors", cache_dir / f"{PRIOR_SPLIT}.jsonl"]
@@ -121,6 +117,7 @@ def prepare_prior(base_dir: Path, run_dir: Path, cache_dir: Path, codec: Any, ki
         log(f"prior: reusing {count} clips the base generated")
         return count
 
+    from tunesmith.adapters.data import cache_rows
     from tunesmith.generator import load_generator
 
     generator = load_generator(base_dir)
@@ -137,10 +134,9 @@ def prepare_prior(base_dir: Path, run_dir: Path, cache_dir: Path, codec: Any, ki
             with torch.inference_mode():
                 frames = codec.encode_long(audio.samples.float())  # (B, width, T)
             for i, (text, tags) in enumerate(part):
-                array = frames[i].numpy() if kind == "latents" else frames[i].to(torch.int64).numpy()
                 record = {"id": f"prior-{start + i:03d}", "caption": text, "tags": {**tags, "prior": True},
                           "duration": float(seconds)}
-                yield np.ascontiguousarray(array.T), record
+                yield cache_rows(frames[i], kind), record
                 bar.update(1)
         bar.close()
 

@@ -278,6 +278,11 @@ def section_keys(sections: list[TimedSegment]) -> list[torch.Tensor]:
     return out
 
 
+def section_rows(prompts: list[str], sections: list[list[TimedSegment] | None]) -> list[list[TimedSegment]]:
+    """Each prompt's sections; a plain prompt is one section covering everything."""
+    return [s if s else [TimedSegment(0.0, math.inf, p)] for p, s in zip(prompts, sections)]
+
+
 def section_text(rows: list[list[TimedSegment]], text_encoder: Any, num_frames: int, frame_rate: float
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(text (B, K * S, dim), text_mask (B, K * S), segments (B, K, F)) of a batch of section lists:
@@ -303,7 +308,7 @@ def _from_timed_prompts(prompts: list[str], sections: list[list[TimedSegment] | 
                         melody: torch.Tensor | None, duration: float | None, seed: int | list[int] = 0) -> Conditioning:
     """:func:`from_prompts` for a batch with at least one time-stamped prompt (a plain one is
     one section covering everything)."""
-    rows = [s if s else [TimedSegment(0.0, math.inf, p)] for p, s in zip(prompts, sections)]
+    rows = section_rows(prompts, sections)
     for i, row in enumerate(rows):
         _check_sections(row, duration, "prompt" if len(rows) == 1 else f"prompts[{i}]")
     b = len(rows)

@@ -26,8 +26,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tunesmith.checkpoint import save
-from tunesmith.conditioning.conditions import ConditionDropout, Conditioning, drop_conditions, from_clip, section_text
-from tunesmith.conditioning.prompt import TimedSegment, format_timed_prompt, parse_timed_prompt
+from tunesmith.conditioning.conditions import (ConditionDropout, Conditioning, drop_conditions, from_clip, section_rows,
+                                              section_text)
+from tunesmith.conditioning.prompt import format_timed_prompt, parse_timed_prompt
 from tunesmith.config import ConfigError, register_preset
 from tunesmith.data.captions import resample_caption, window_sections
 from tunesmith.diffusion.denoiser import Denoiser
@@ -323,9 +324,8 @@ class DiffusionTask:
                 self._text_encoder = get_text_encoder(self.config.data.text_encoder)
             sections = [parse_timed_prompt(c) for c in batch["caption"]]
             if any(sections):  # time-stamped windows: each frame reads its own section's text, as in generation
-                rows = [s if s else [TimedSegment(0.0, float("inf"), c)] for s, c in zip(sections, batch["caption"])]
                 with torch.no_grad():
-                    text, mask, segments = section_text(rows, self._text_encoder, batch["latents"].shape[-1],
+                    text, mask, segments = section_text(section_rows(batch["caption"], sections), self._text_encoder, batch["latents"].shape[-1],
                                                         self.frame_rate)
                 cond = Conditioning(text, mask, beat=batch.get("beat"), key=batch.get("key"),
                                     seconds_start=batch["seconds_start"], seconds_total=batch["seconds_total"],
