@@ -9,15 +9,19 @@ optimised towards that control's target:
 - melody: a reference recording (sine tones: the prompt key's tonic, third, fifth and octave
   up and down, half a second each), scored by pitch-class accuracy against its one-hot chroma;
 - structure: "ABA", scored by the correlation of the chroma self-similarity with the target;
-- loop: the last 1.5 s repeat the first 1.5 s; scored by the seam ratio (the jump across the
-  seam once the tail is trimmed, over the median frame-to-frame jump inside the clip);
+- loop: 1.5 s of overlap (the clip rendered 1.5 s longer, its tail optimised to repeat the head,
+  then crossfaded into it); scored by the seam ratio of the returned loop played twice (the step
+  where the second pass begins, as for the seams below), beside the same measure for
+  the uncontrolled clip looped as it is and for the uncontrolled longer rendering folded without
+  optimisation, and by how closely the folded tail matches the head (the loop loss);
 - clap: the *unconditional* model, steered only by the CLAP score of the prompt's text;
   scored by the CLAP score, as a share of the text-conditioned baseline's;
 - inpainting (the middle fifth regenerated) and outpainting (the second half continued) of
   the baseline, without optimisation: the kept audio must be the user's own samples, and the
-  seams are scored like the loop's seam (log-mel frames: the largest jump touching each seam,
-  over the median jump inside the clip; the same measure at the same times of the unedited
-  baseline is reported beside it).
+  seams are scored like the loop's seam (tunesmith.control.features.seam_jump_ratio: the log-mel
+  step at each seam over the same measure's median along the clip; the same measure at the same
+  times of the unedited baseline is reported beside it: music's own onsets read several times
+  the median).
 
 Quality: FAD (two embeddings: mel statistics and CLAP, per window) of each control's clips
 against a reference set of uncontrolled clips of other seeds, over the baseline's FAD to that
@@ -47,7 +51,7 @@ import tunesmith  # noqa: E402
 from tunesmith.audio import Audio  # noqa: E402
 from tunesmith.checkpoint import load_model  # noqa: E402
 from tunesmith.control.ditto import FEATURE_RATE, ControlLoss  # noqa: E402
-from tunesmith.control.features import spectral_frames  # noqa: E402
+from tunesmith.control.features import loop_seam_ratio, seam_jump_ratio  # noqa: E402
 from tunesmith.diffusion.generator import reference_targets  # noqa: E402
 from tunesmith.eval.metrics import frechet_audio_distance, mel_statistics_embedding  # noqa: E402
 from tunesmith.music import parse_key_name  # noqa: E402
@@ -89,20 +93,6 @@ def targets_for(row: dict[str, Any], duration: float, sample_rate: int) -> dict[
     return {"intensity": f"0:-32, {half:g}:-12, {duration:g}:-32",
             "melody": reference_melody(row, duration, sample_rate),
             "structure": "ABA", "loop": 1.5, "clap": row["prompt"]}
-
-
-def seam_jump_ratio(wav: torch.Tensor, sample_rate: int, seams: list[float]) -> float:
-    """The largest log-mel frame-to-frame jump touching each seam's frame, over the median jump
-    inside the clip: the loop criterion (<= 1: no worse than the music's own steps), applied to
-    inpainting and outpainting seams."""
-    frames = spectral_frames(wav[None] if wav.dim() == 2 else wav, sample_rate, FEATURE_RATE)[0]
-    jumps = (frames[:, 1:] - frames[:, :-1]).pow(2).sum(dim=0).sqrt()  # jumps[f]: frame f -> f + 1
-    median = float(jumps.median().clamp_min(1e-12))
-    worst = 0.0
-    for seam in seams:
-        f = int(seam * FEATURE_RATE)  # the frame the seam falls in
-        worst = max(worst, float(jumps[max(0, f - 1) : f + 1].max()))
-    return worst / median
 
 
 def window_embeddings(clips: list[torch.Tensor], sample_rate: int, clap: Any) -> dict[str, np.ndarray]:
@@ -147,6 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if name == "clap":  # the baseline of text control: the unconditional model, no control
                 uncond = gen.generate(prompt, d, seed=seed, unconditional=True)
                 before = before_loss.report(uncond.samples)[name]
+            elif name == "loop":  # uncontrolled: rendered as long and folded alone; and the plain clip looped as is
+                longer = gen.generate(prompt, d + targets["loop"], seed=seed)
+                before = {**before_loss.report(longer.samples)[name],
+                          "seam_ratio_unfolded": round(loop_seam_ratio(plain.samples, sr), 4)}
             else:
                 before = before_loss.report(plain.samples)[name]
             start = time.perf_counter()
@@ -176,7 +170,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         continued = gen.generate(prompt, d, seed=seed, init_audio=head)
         per_control["outpaint"].append({"prompt": prompt, "kept_is_users_audio": bool(torch.equal(
             continued.samples[0][..., : head.samples.shape[-1]], head.samples)),
-            "seam_ratio": round(seam_jump_ratio(continued.samples[0], sr, [d / 2]), 4)})
+            "seam_ratio": round(seam_jump_ratio(continued.samples[0], sr, [d / 2]), 4),
+            "seam_ratio_of_the_baseline": round(seam_jump_ratio(plain.samples[0], sr, [d / 2]), 4)})
         print(f"    inpaint {per_control['inpaint'][-1]}  outpaint {per_control['outpaint'][-1]}", flush=True)
 
     ref_emb = window_embeddings(references, sr, clap)
@@ -196,12 +191,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "structure_corr": round(mean("structure", "correlation"), 4),
         "structure_corr_baseline": round(mean("structure", "correlation", "before"), 4),
         "loop_seam_ratio": round(mean("loop", "seam_ratio"), 4),
-        "loop_seam_ratio_baseline": round(mean("loop", "seam_ratio", "before"), 4),
+        "loop_seam_ratio_baseline": round(mean("loop", "seam_ratio_unfolded", "before"), 4),
+        "loop_seam_ratio_fold_only": round(mean("loop", "seam_ratio", "before"), 4),
+        "loop_overlap_loss": [round(mean("loop", "loss", "before"), 4), round(mean("loop", "loss"), 4)],
         "clap_control_ratio": round(clap_ratio, 4),
         "clap_uncontrolled_unconditional_ratio": round(float(np.mean(
             [r["before"]["score"] / max(r["text_conditioned_score"], 1e-6) for r in per_control["clap"]])), 4),
         "inpaint_seam_ratio": round(float(np.mean([r["seam_ratio"] for r in per_control["inpaint"]])), 4),
         "outpaint_seam_ratio": round(float(np.mean([r["seam_ratio"] for r in per_control["outpaint"]])), 4),
+        "inpaint_seam_ratio_of_the_baseline": round(float(np.mean([r["seam_ratio_of_the_baseline"]
+                                                                   for r in per_control["inpaint"]])), 4),
+        "outpaint_seam_ratio_of_the_baseline": round(float(np.mean([r["seam_ratio_of_the_baseline"]
+                                                                    for r in per_control["outpaint"]])), 4),
         "kept_audio_exact": all(r["kept_is_users_audio"] for r in per_control["inpaint"] + per_control["outpaint"]),
         "fad_ratio": round(max(max(r.values()) for r in ratios.values()), 4),
         "fad_ratio_by_control": {name: {k: round(v, 4) for k, v in r.items()} for name, r in ratios.items()},
@@ -325,6 +326,10 @@ def main() -> None:
         print(json.dumps({k: result[k] for k in ("ditto2_speedup", "ditto2")}, indent=2))
         return
     result = run(args)
+    earlier = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
+    if earlier.get("ditto2"):  # a --ditto2 comparison merged into the file earlier stays, with its own settings
+        result.pop("ditto2_note", None)
+        result.update({"ditto2_speedup": earlier["ditto2_speedup"], "ditto2": earlier["ditto2"]})
     text = json.dumps(result, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")

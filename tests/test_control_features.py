@@ -10,6 +10,7 @@ import torch
 from tunesmith.control.features import (
     intensity_loss,
     intensity_target,
+    fold_loop,
     loop_seam_loss,
     loudness_curve,
     masked_reconstruction_loss,
@@ -17,7 +18,8 @@ from tunesmith.control.features import (
     parse_level,
     pitch_class_accuracy,
     pitch_class_distribution,
-    seam_ratio,
+    loop_seam_ratio,
+    seam_jump_ratio,
     self_similarity,
     structure_correlation,
     structure_loss,
@@ -118,7 +120,6 @@ def test_loop_seam_and_masked_reconstruction():
     ramp = torch.linspace(0, 1, 20)[None, None]  # (1, 1, 20): the end is far from the start
     periodic = torch.sin(torch.arange(20) * 2 * math.pi / 5)[None, None]  # period 5 frames: end flows into start
     assert loop_seam_loss(periodic, overlap=5) < 1e-10 < loop_seam_loss(ramp, overlap=5)
-    assert seam_ratio(periodic) <= 1.0 + 1e-6 and seam_ratio(ramp) > 10
     x, ref = torch.zeros(1, 4, 10), torch.ones(1, 4, 10)
     keep = torch.zeros(1, 1, 10)
     keep[..., :3] = 1
@@ -126,3 +127,41 @@ def test_loop_seam_and_masked_reconstruction():
     assert float(masked_reconstruction_loss(ref, ref, keep)) == 0.0
     with pytest.raises(ValueError, match="keeps nothing"):
         masked_reconstruction_loss(x, ref, torch.zeros(1, 1, 10))
+
+
+def test_folded_loop_flows_from_its_end_into_its_start():
+    """The fold's seam is the rendering's own step (y[0] = x[L]); past the fade the head is
+    untouched; identical head and tail give linear fades (the loop is x[:L] exactly); unrelated
+    ones equal power (the level holds)."""
+    rate, length, overlap = 1000, 700, 200
+    t = torch.arange(length + overlap, dtype=torch.float64) / rate
+    x = torch.sin(2 * math.pi * 13.7 * t)[None, None]  # 13.7 Hz: x[:L] alone would jump at its seam
+    y = fold_loop(x, overlap)
+    assert y.shape[-1] == length
+    assert float(y[..., 0]) == pytest.approx(float(x[..., length]), abs=1e-12)  # continues x[L - 1] -> x[L]
+    assert torch.equal(y[..., overlap:], x[..., overlap:length])
+    periodic = torch.sin(2 * math.pi * 10 * t)[None, None]  # period 100 samples: head == tail
+    assert torch.allclose(fold_loop(periodic, overlap), periodic[..., :length], atol=1e-9)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 1, 200_000 + 100_000, generator=g, dtype=torch.float64)
+    folded = fold_loop(noise, 100_000)[..., :100_000]  # the faded part of two unrelated signals
+    assert float(folded.pow(2).mean()) == pytest.approx(1.0, abs=0.02)
+    linear = torch.linspace(0, 1, 100_000, dtype=torch.float64)  # what plain linear fades would give: -1.8 dB
+    assert float((linear * noise[..., :100_000] + (1 - linear) * noise[..., 200_000:]).pow(2).mean()) < 0.7
+    with pytest.raises(ValueError, match="needs at least"):
+        fold_loop(x[..., :300], 200)
+
+
+def test_seam_ratios_compare_a_seam_with_the_clips_own_moments():
+    """Stationary noise looped: the wrap is like any other moment (ratio near 1); a clip that
+    drops by 20 dB half-way: the wrap jumps back up, and reads like the drop itself."""
+    rate = 8000
+    noise = 0.1 * torch.randn(1, 4 * rate, generator=torch.Generator().manual_seed(0))
+    assert 0.6 < loop_seam_ratio(noise, rate) < 1.5
+    drop = noise.clone()
+    drop[:, 2 * rate :] *= 0.1
+    wrap = loop_seam_ratio(drop, rate)
+    assert wrap > 3 and seam_jump_ratio(drop, rate, [2.0]) == pytest.approx(wrap, rel=0.25)
+    assert seam_jump_ratio(drop, rate, [1.0]) < 1.5
+    with pytest.raises(ValueError, match="too short"):
+        seam_jump_ratio(noise[:, :400], rate, [0.02])

@@ -180,3 +180,18 @@ def test_clap_control_moves_the_audio_towards_the_text():
     assert torch.allclose(clap_audio_embedding(clap, long, 24000), clap.embed_audio(long, 24000), atol=1e-5)
     with pytest.raises(ValueError, match="clap control is a text"):
         ControlLoss({"clap": "  "}, 24000, 5.0, clap=clap)
+
+
+def test_a_loop_is_as_long_as_asked_and_its_seam_is_measured_on_what_is_returned(tiny_dit):
+    """A loop is rendered longer by its overlap and folded: the file is the duration asked for,
+    and the report's seam is measured on it, played twice."""
+    from tunesmith.control.features import loop_seam_ratio
+
+    generator, _ = tiny_dit
+    audio = generator.generate("a slow waltz", duration=1.0, seed=0, steps=4, loop=0.3, control_iterations=2,
+                               control_steps=2, loudness=None)
+    assert audio.samples.shape[-1] == generator.num_samples(1.0)
+    measured = loop_seam_ratio(audio.samples, generator.sample_rate)
+    assert audio.info["control_report"]["loop"]["seam_ratio"] == pytest.approx(measured, abs=1e-3)
+    with pytest.raises(ValueError, match="rendered .* long"):
+        generator.generate("x", duration=generator.max_duration, seed=0, loop=1.0, control_iterations=1)

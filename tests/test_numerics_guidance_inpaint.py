@@ -194,3 +194,32 @@ def test_strength_to_sigma_hand_values():
     assert strength_to_sigma(0.75, math.sqrt(3)) == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(ValueError):
         strength_to_sigma(1.5, 1.0)
+
+
+def test_bridged_seams_land_on_the_kept_frames_and_fade_out():
+    """The first regenerated frame after (and the last before) a kept run takes its kept
+    neighbour's value up to the fade's first weight; the offset falls along a raised cosine;
+    kept frames and frames past the bridge are untouched."""
+    from tunesmith.diffusion.inpaint import bridge_seams
+
+    latents = torch.zeros(1, 2, 20)
+    latents[..., 8:14] = 5.0  # regenerated frames 8..13 sit 5 away from the kept 0 on both sides
+    keep = torch.ones(1, 1, 20)
+    keep[..., 8:14] = 0
+    out = bridge_seams(latents, keep, 3)
+    w = [0.5 * (1 + math.cos(math.pi * j / 4)) for j in (1, 2, 3)]  # 0.854, 0.5, 0.146
+    expected = torch.tensor([5 - 5 * w[0], 5 - 5 * w[1], 5 - 5 * w[2], 5 - 5 * w[2], 5 - 5 * w[1], 5 - 5 * w[0]])
+    assert torch.allclose(out[0, 0, 8:14], expected.float(), atol=1e-5)
+    assert torch.equal(out[..., :8], latents[..., :8]) and torch.equal(out[..., 14:], latents[..., 14:])
+    assert torch.equal(bridge_seams(latents, keep, 0), latents)
+    # longer than the region: each seam bridges half of it (3 frames), the same as above
+    assert torch.allclose(bridge_seams(latents, keep, 10), out)
+    one = torch.zeros(1, 1, 5)
+    one[..., 0], one[..., 2], one[..., 4] = 2.0, 9.0, 4.0  # one regenerated frame between kept 2 and 4 (others 0)
+    mask = torch.tensor([[[1.0, 1.0, 0.0, 1.0, 1.0]]])
+    one[..., 1], one[..., 3] = 2.0, 4.0
+    assert float(bridge_seams(one, mask, 6)[0, 0, 2]) == pytest.approx(3.0)  # half-way between its neighbours
+    tail = torch.zeros(1, 1, 10)
+    tail[..., 4:] = 1.0  # outpainting: one seam, the whole rest of the clip to bridge over
+    bridged = bridge_seams(tail, torch.tensor([[[1.0] * 4 + [0.0] * 6]]), 6)
+    assert float(bridged[0, 0, 4]) == pytest.approx(1 - 0.5 * (1 + math.cos(math.pi / 7)))

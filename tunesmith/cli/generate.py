@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="loudness over time, e.g. '0:soft,5:loud,10:-30' (seconds:dBFS or word), or an audio file "
                         "whose loudness to follow (diffusion models, by noise optimisation)")
     p.add_argument("--structure", metavar="PATTERN", help="sections that repeat, e.g. AABA or 'A:4,B:8,A:4' (diffusion)")
-    p.add_argument("--loop", type=float, metavar="S", help="make the last S seconds repeat the first S: a loop (diffusion)")
+    p.add_argument("--loop", type=float, metavar="S", help="a seamless loop: S more seconds are rendered, made to repeat the head and "
+                   "crossfaded into it; the file is --duration long (diffusion)")
     p.add_argument("--clap", metavar="TEXT", help="make it sound like TEXT by tunesmith's CLAP (diffusion models, "
                                                    "by noise optimisation; with --unconditional, text control of the "
                                                    "unconditional model)")

@@ -2,7 +2,8 @@
 
     intensity="0:-30,5:-10,10:-30"   loudness curve (dBFS or words) over time, or a dB curve
     structure="AABA"                 sections that repeat ("A:4,B:8,A:4" with seconds)
-    loop=2.0                         the last 2 s repeat the first 2 s: trimmed, the clip loops
+    loop=2.0                         a seamless loop: the clip is rendered 2 s longer, the extra
+                                     tail is optimised to repeat the head and crossfaded into it
     melody=<one-hot chroma>          follow a reference's melody (its dominant pitch class per frame)
     clap="a solo cello"              sound like a text, by tunesmith's CLAP (text control of a model
                                      that was not given the text, e.g. the unconditional one)
@@ -20,14 +21,15 @@ from typing import Any
 import torch
 
 from tunesmith.control.features import (
+    fold_loop,
     intensity_loss,
     intensity_target,
     loop_seam_loss,
+    loop_seam_ratio,
     loudness_curve,
     melody_loss,
     pitch_class_accuracy,
     pitch_class_distribution,
-    seam_ratio,
     self_similarity,
     spectral_frames,
     structure_correlation,
@@ -66,6 +68,8 @@ class ControlLoss:
         if not controls:
             raise ValueError("no control to optimise for")
         self.sample_rate, self.frames = sample_rate, int(duration * FEATURE_RATE)
+        self.output_samples = round(duration * sample_rate)
+        self.render_seconds = duration  # the clip the loss reads: a loop's is longer (its tail folds in)
         if self.frames < 4:
             raise ValueError(f"{duration:g} s is too short to control (at least {4 / FEATURE_RATE:g} s)")
         self.weights = {name: float((weights or {}).get(name, 1.0)) for name in controls}
@@ -87,6 +91,7 @@ class ControlLoss:
             if not 1 <= overlap <= self.frames // 2:
                 raise ValueError(f"loop {seconds:g} s must be between {1 / FEATURE_RATE:g} s and half the clip")
             self.targets["loop"] = overlap
+            self.render_seconds = duration + seconds
         if "melody" in controls:
             melody = controls["melody"]
             if not (torch.is_tensor(melody) and melody.dim() == 3 and melody.shape[1] == 12):
@@ -114,7 +119,7 @@ class ControlLoss:
         if self.targets.keys() & {"structure", "melody"}:
             out["chroma"] = pitch_class_distribution(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
         if "loop" in self.targets:
-            out["spectrum"] = spectral_frames(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames]
+            out["spectrum"] = spectral_frames(wav, self.sample_rate, FEATURE_RATE)[..., : self.frames + self.targets["loop"]]
         if "clap" in self.targets:
             out["clap"] = clap_audio_embedding(self.clap, wav, self.sample_rate)
         return out
@@ -140,9 +145,19 @@ class ControlLoss:
             self.scale = {name: max(float(value.detach()), 1e-8) for name, value in parts.items()}
         return sum(self.weights[name] * value / self.scale[name] for name, value in parts.items())
 
+    def loop(self, wav: torch.Tensor) -> torch.Tensor:
+        """The rendered clip (..., T) as what the user gets: a loop's tail folded into its head."""
+        if "loop" not in self.targets:
+            return wav
+        return fold_loop(wav, wav.shape[-1] - self.output_samples)
+
     @torch.no_grad()
     def report(self, wav: torch.Tensor) -> dict[str, dict[str, float]]:
-        """Each control's raw loss and its own measure of adherence."""
+        """Each control's raw loss and its own measure of adherence, on the rendered clip (for a
+        loop: before its fold; the seam is measured on the folded loop, from its end to its start)."""
+        needed = round(self.render_seconds * self.sample_rate) - 1
+        if wav.shape[-1] < needed:
+            raise ValueError(f"the controls read {self.render_seconds:g} s of audio, got {wav.shape[-1] / self.sample_rate:g} s")
         features = self.features(wav)
         out: dict[str, dict[str, float]] = {name: {"loss": round(float(v), 6)} for name, v in self.parts(features).items()}
         if "intensity" in out:
@@ -157,5 +172,5 @@ class ControlLoss:
         if "clap" in out:
             out["clap"]["score"] = round(1 - out["clap"]["loss"], 4)
         if "loop" in out:
-            out["loop"]["seam_ratio"] = round(seam_ratio(features["spectrum"][..., : -self.targets["loop"]]), 4)
+            out["loop"]["seam_ratio"] = round(loop_seam_ratio(self.loop(wav), self.sample_rate, FEATURE_RATE), 4)
         return out

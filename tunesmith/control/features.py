@@ -9,8 +9,9 @@ useful gradient, built on :mod:`tunesmith.spectral` (one definition of STFT and 
   against a target melody's one-hot chroma (DITTO's melody control);
 - structure: the self-similarity matrix of per-frame features, against a target pattern
   such as "AABA" (DITTO's musical-structure control);
-- loop and masked reconstruction: the seam of a loop (on log-mel spectral frames: pitch
-  and timbre both must flow), and the kept region of an inpainting or outpainting.
+- loop and masked reconstruction: a loop's rendered tail against its head (on log-mel
+  frames: pitch and timbre both must match before the tail is folded in), how audible a seam
+  is, and the kept region of an inpainting or outpainting.
 
 Targets are parsed from what a user writes: an intensity curve as "t:level" points
 ("0:soft, 5:loud, 10:-30") and a structure as letters ("AABA", or "A:4,B:8,A:4" with
@@ -232,20 +233,60 @@ def spectral_frames(wav: torch.Tensor, sample_rate: int, frame_rate: float = 20.
 
 def loop_seam_loss(features: torch.Tensor, overlap: int = 1) -> torch.Tensor:
     """DITTO's looping as outpainting towards the head: the last ``overlap`` frames of per-frame
-    features (B, D, F) should repeat the first ones, so that a clip trimmed by ``overlap`` frames
-    flows from its end into its start.  Mean squared difference of the two."""
+    features (B, D, F) should repeat the first ones, so that the tail folded into the head
+    (:func:`fold_loop`) crossfades between two alike sounds.  Mean squared difference of the two."""
     if overlap < 1 or features.shape[-1] < 2 * overlap:
         raise ValueError(f"a loop of {overlap} overlapping frames needs at least {2 * max(overlap, 1)} frames, "
                          f"got {features.shape[-1]}")
     return (features[..., -overlap:] - features[..., :overlap]).pow(2).mean()
 
 
-def seam_ratio(features: torch.Tensor) -> float:
-    """The jump across the loop's seam (last frame -> first frame) over the median frame-to-frame
-    jump inside the clip: <= 1 is a seam no worse than the music's own steps."""
-    steps = (features[..., 1:] - features[..., :-1]).pow(2).sum(dim=-2).sqrt().flatten()
-    seam = (features[..., 0] - features[..., -1]).pow(2).sum(dim=-1).sqrt().flatten()
-    return float(seam.mean() / steps.median().clamp_min(1e-12))
+def fold_loop(wav: torch.Tensor, overlap: int) -> torch.Tensor:
+    """A seamless loop from audio rendered ``overlap`` samples longer than the loop: the extra tail
+    is crossfaded into the head, so the loop's last sample flows into its first exactly as the
+    rendering flowed on (y[0] = x[L]) and the head takes over within ``overlap`` samples.
+
+    The fades keep the level whatever the two parts share: with r the correlation of head and
+    tail, the gains a = g t, b = g (1 - t) satisfy a^2 + b^2 + 2 a b r = 1 (linear fades for
+    identical parts, equal power for unrelated ones).  (..., L + overlap) -> (..., L)."""
+    length = wav.shape[-1] - overlap
+    if overlap < 1 or length < overlap:
+        raise ValueError(f"a loop folding {overlap} samples needs at least {2 * max(overlap, 1)} samples, "
+                         f"got {wav.shape[-1]}")
+    head, tail = wav[..., :overlap], wav[..., length:]
+    dims = tuple(range(head.dim()))  # one correlation for the whole clip: the same fade on every channel
+    r = ((head * tail).sum(dims) / (head.pow(2).sum(dims) * tail.pow(2).sum(dims)).sqrt().clamp_min(1e-12)).clamp(-1, 1)
+    t = (torch.arange(overlap, dtype=torch.float64) / overlap).to(wav.device)
+    gain = (t.pow(2) + (1 - t).pow(2) + 2 * t * (1 - t) * r.double().clamp_min(0)).rsqrt()
+    faded = ((gain * t).to(wav) * head + (gain * (1 - t)).to(wav) * tail)
+    return torch.cat([faded, wav[..., overlap:length]], dim=-1)
+
+
+def seam_jump_ratio(wav: torch.Tensor, sample_rate: int, seams: list[float], frame_rate: float = 20.0) -> float:
+    """How audible an edit point is: the largest log-mel step near each seam (seconds) over the
+    median of the same measure at every frame boundary of the clip; the worst seam.
+
+    "Near" is the three steps between the four frames around a boundary: with the 50 % frame
+    overlap of :func:`spectral_frames` a cut shows in all of them, so the seam is compared with
+    the music's own moments measured the same way.  <= 1: no worse than a typical moment of the
+    clip (a beat's onset reads several times the median)."""
+    if wav.shape[-1] // _hop(sample_rate, frame_rate) < 5:
+        raise ValueError(f"{wav.shape[-1] / sample_rate:g} s is too short to judge a seam at {frame_rate:g} frames/s")
+    frames = spectral_frames(wav, sample_rate, frame_rate)
+    steps = (frames[..., 1:] - frames[..., :-1]).pow(2).sum(dim=-2).sqrt()  # (B, F - 1): frame f -> f + 1
+    near = torch.stack([steps[..., :-2], steps[..., 1:-1], steps[..., 2:]]).amax(dim=0)  # near[b - 2]: boundary b
+    typical = near.median(dim=-1).values.clamp_min(1e-12)  # (B,)
+    worst = torch.zeros_like(typical)
+    for seam in seams:
+        b = min(max(round(seam * frame_rate), 2), near.shape[-1] + 1)
+        worst = torch.maximum(worst, near[..., b - 2])
+    return float((worst / typical).mean())
+
+
+def loop_seam_ratio(wav: torch.Tensor, sample_rate: int, frame_rate: float = 20.0) -> float:
+    """The seam of a loop as it is heard, the clip played twice: :func:`seam_jump_ratio` where
+    the second pass begins."""
+    return seam_jump_ratio(torch.cat([wav, wav], dim=-1), sample_rate, [wav.shape[-1] / sample_rate], frame_rate)
 
 
 def masked_reconstruction_loss(x: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

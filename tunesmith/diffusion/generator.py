@@ -31,7 +31,7 @@ from tunesmith.control.optimize import optimize_noise
 from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser
 from tunesmith.diffusion.dit import DiT
 from tunesmith.diffusion.guidance import cfg_denoiser
-from tunesmith.diffusion.inpaint import keep_known, sample_repaint, splice_kept, strength_to_sigma
+from tunesmith.diffusion.inpaint import bridge_seams, keep_known, sample_repaint, splice_kept, strength_to_sigma
 from tunesmith.diffusion.samplers import StepCallback, get_sigmas, sample
 from tunesmith.generator import Control, Generator, check_request, check_seeds, frames_for
 
@@ -60,6 +60,7 @@ def default_of(function: Any, parameter: str) -> Any:
 
 
 SEAM_FADE_SECONDS = 0.02  # crossfade from the user's kept audio into generated audio
+SEAM_BRIDGE_FRAMES = 6  # regenerated latent frames over which a seam's offset fades out (240 ms at 25/s)
 
 
 def reference_targets(targets: dict[str, Any], duration: float) -> dict[str, Any]:
@@ -187,7 +188,7 @@ class LatentDiffusionGenerator(Generator):
             denoiser = Denoiser(net, net.config.parameterization, net.config.sigma_data)
             guided = cfg_denoiser(denoiser, cond.model_inputs(), None, 1.0)
             sigmas = torch.tensor([80.0, 0.0])  # one student step from pure noise
-        samples = self.num_samples(duration)
+        samples = self.num_samples(loss.render_seconds)
 
         def loss_of(latents: torch.Tensor) -> torch.Tensor:
             return loss(self.codec.decode(latents / self.latent_scale)[..., :samples])
@@ -225,11 +226,13 @@ class LatentDiffusionGenerator(Generator):
         strength: float = 0.7,
         keep_mask: torch.Tensor | None = None,
         repaint_resample: int = 4,
+        seam_frames: int = SEAM_BRIDGE_FRAMES,
         progress: bool = False,
         callback: StepCallback | None = None,
         noise: torch.Tensor | None = None,
     ) -> LatentResult:
-        """Model-scaled latents (B, D, frames).  ``keep_mask`` (B, 1, frames) = 1 where ``init_latents`` is kept.
+        """Model-scaled latents (B, D, frames).  ``keep_mask`` (B, 1, frames) = 1 where ``init_latents`` is kept;
+        the regenerated latents are bridged onto the kept ones over ``seam_frames`` (see bridge_seams).
 
         ``seed`` as a list gives each row its own initial noise, so row i equals a generation of
         that row alone with seed[i] (with a deterministic sampler: the default, DDIM, Euler and
@@ -264,12 +267,14 @@ class LatentDiffusionGenerator(Generator):
             counter = CountingDenoiser(guided)
             x = sample_repaint(counter, noise * sigmas[0], sigmas, known, keep_mask, resample=repaint_resample,
                                generator=gen, progress=progress, callback=callback)
-            return LatentResult(x, counter.nfe)
+            return LatentResult(bridge_seams(x, keep_mask, seam_frames), counter.nfe)
         if keep_mask is not None:
             guided = keep_known(guided, known, keep_mask)
         out = sample(guided, noise, sigmas, sampler, init=start, generator=gen, progress=progress, callback=callback)
-        x = out.x if keep_mask is None else keep_mask * known + (1 - keep_mask) * out.x
-        return LatentResult(x, out.nfe)
+        if keep_mask is None:
+            return LatentResult(out.x, out.nfe)
+        x = keep_mask * known + (1 - keep_mask) * out.x
+        return LatentResult(bridge_seams(x, keep_mask, seam_frames), out.nfe)
 
     def generate(
         self,
@@ -306,8 +311,13 @@ class LatentDiffusionGenerator(Generator):
         optimisation = {key: controls.pop(name) for key, name in (("iterations", "control_iterations"), ("lr", "control_lr"),
                         ("steps", "control_steps"), ("weights", "control_weights"),
                         ("surrogate", "control_surrogate")) if name in controls}
-        frames = self.num_frames(duration)
-        cond, uncond = self.conditioning(items, duration, seed)
+        # a loop is rendered longer by its overlap, whose tail is then folded into the head
+        render = duration + float(targets["loop"]) if isinstance(targets.get("loop"), (int, float)) else duration
+        if render > self.max_duration + 1e-9:
+            raise ValueError(f"a {duration:g} s loop is rendered {render:g} s long (duration + loop), over this "
+                             f"model's {self.max_duration:g} s: shorten the duration or the loop")
+        frames = self.num_frames(render)
+        cond, uncond = self.conditioning(items, render, seed)
         if controls.get("cfg") is None:
             controls["cfg"] = self.cfg
         if unconditional:
@@ -339,14 +349,15 @@ class LatentDiffusionGenerator(Generator):
             raise ValueError(f"{', '.join('control_' + k for k in optimisation)} need a target: intensity, structure, loop, melody or clap")
         result = self.generate_latents(cond, uncond, frames, seed, init_latents=init_latents, keep_mask=keep,
                                        progress=progress, callback=callback, noise=noise, **controls)
-        audio = self.decode_latents(result.latents, duration)
+        audio = self.decode_latents(result.latents, render)
         if keep is not None:  # inpainting / outpainting: what the user kept is their own audio, not a re-decode
             kept = self.kept_samples(mask, audio.samples.shape[-1])
             fade = round(SEAM_FADE_SECONDS * self.sample_rate)
             audio = Audio(splice_kept(audio.samples, reference, kept, fade).clamp(-1.0, 1.0), self.sample_rate)
         if control_loss is not None:
-            audio.info["control_report"] = {"optimisation_loss": [round(losses[0], 6), round(losses[-1], 6)],
-                                      **control_loss.report(audio.samples)}
+            report = {"optimisation_loss": [round(losses[0], 6), round(losses[-1], 6)], **control_loss.report(audio.samples)}
+            audio = Audio(control_loss.loop(audio.samples), self.sample_rate)  # a loop: its tail folded in
+            audio.info["control_report"] = report
         return audio
 
     def surrogate_model(self, name: str) -> DiT:

@@ -102,6 +102,42 @@ def strength_to_sigma(strength: float, sigma_max: float) -> float:
     return float(t_to_sigma(torch.tensor(strength * float(sigma_to_t(torch.tensor(sigma_max))))))
 
 
+def bridge_seams(latents: torch.Tensor, keep: torch.Tensor, frames: int) -> torch.Tensor:
+    """Regenerated latents (B, D, T) made continuous with the kept ones at every seam.
+
+    A mask-conditioned model starts a regenerated region with a step away from the last kept
+    frame several times the music's median step (measured on the default DiT: 3.5-5.4x),
+    which the decoder turns into an audible seam.  The offset between the two frames across
+    each seam is added to the regenerated side and faded out along a raised cosine over
+    ``frames`` frames (the inertialisation of motion blending; a run between two kept parts
+    gives each seam at most half of it): the first regenerated frame lands near its kept
+    neighbour, the rest of the region is the model's own.  ``keep``
+    (B or 1, 1, T) is 1 on kept frames; those are returned unchanged."""
+    if frames <= 0:
+        return latents
+    kept = keep.expand(latents.shape[0], 1, latents.shape[-1])[:, 0] > 0.5  # (B, T)
+    out = latents.clone()
+    total = latents.shape[-1]
+    for row in range(out.shape[0]):
+        flags = kept[row].tolist()
+        f = 0
+        while f < total:  # each run [start, end) of regenerated frames
+            if flags[f]:
+                f += 1
+                continue
+            start = f
+            while f < total and not flags[f]:
+                f += 1
+            seams = [(start, 1)] * (start > 0) + [(f - 1, -1)] * (f < total)  # its first frame, and inwards
+            span = min(frames, (f - start) // len(seams) or 1) if seams else 0  # two seams share a short run
+            fade = 0.5 * (1 + torch.cos(torch.pi * torch.arange(1, span + 1, dtype=torch.float64) / (span + 1)))
+            for into, step in seams:
+                offset = latents[row, :, into - step] - latents[row, :, into]
+                for j in range(span):
+                    out[row, :, into + j * step] += float(fade[j]) * offset
+    return out
+
+
 def keep_weights(kept: torch.Tensor, fade: int) -> torch.Tensor:
     """(T,) weight of the user's own samples in the output, from ``kept`` (T,) bool: 1 on every
     kept sample, falling to 0 along a raised cosine over ``fade`` samples into each regenerated

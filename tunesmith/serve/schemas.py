@@ -53,8 +53,8 @@ class Controls(BaseModel):
     structure: str | None = Field(
         None, max_length=200, description="sections that repeat: letters ('AABA', equal lengths) or "
         "'A:4,B:8,A:4' (seconds)")
-    loop: float | None = Field(None, gt=0, le=600, description="seconds: the last S seconds repeat the first S, "
-                               "so the clip loops (at most half the clip)")
+    loop: float | None = Field(None, gt=0, le=600, description="seconds of overlap of a seamless loop: S more "
+                               "seconds are rendered, made to repeat the head and crossfaded into it (at most half the clip)")
     clap: str | None = Field(None, min_length=1, max_length=500,
                              description="a text to sound like, by tunesmith's CLAP (text control by noise "
                              "optimisation; with unconditional=true the prompt's text is not used otherwise)")
