@@ -175,10 +175,15 @@ class LatentDiffusionGenerator(Generator):
 
         DITTO-2 (Novack et al. 2024): with ``surrogate`` (a one-step distilled student of this
         model, by name or path) the optimisation runs through one step of the student instead,
-        without a CFG pass; the optimised noise is then sampled by this model as usual."""
+        without a CFG pass; the optimised noise is then sampled by this model as usual.  A one-step
+        student used as the model itself optimises through its own step (``steps`` is then moot)."""
         b = cond.batch_size() or 1
         loss = ControlLoss(reference_targets(targets, duration), self.sample_rate, duration, weights)
         sigmas = get_sigmas("exponential", steps, 0.01, 80.0)
+        if surrogate is None and int(self.sampler_defaults.get("steps", 0) or 0) == 1:
+            # a one-step student: its own map (one denoising from sigma_max) is what it samples with,
+            # so the noise is optimised through exactly that (DITTO-2 with the student as the model)
+            sigmas = torch.tensor([float(self.sampler_defaults.get("sigma_max", 80.0)), 0.0])
         if surrogate is None:
             net = self.model
             denoiser = Denoiser(net, net.config.parameterization, net.config.sigma_data)
