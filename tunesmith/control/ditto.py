@@ -57,6 +57,12 @@ def clap_audio_embedding(clap: Any, wav: torch.Tensor, sample_rate: int) -> torc
     return clap.audio_embedding(mono.reshape(mono.shape[0], count, window))
 
 
+def rendered_seconds(controls: dict[str, Any], duration: float) -> float:
+    """Seconds a request renders before its controls' post-processing: a loop's overlap more,
+    whose tail is then folded into the head (:meth:`ControlLoss.loop`)."""
+    return duration + float(controls["loop"]) if controls.get("loop") is not None else duration
+
+
 class ControlLoss:
     """Build once per request; call on decoded audio (B, C, T) for the weighted, normalised sum."""
 
@@ -69,7 +75,7 @@ class ControlLoss:
             raise ValueError("no control to optimise for")
         self.sample_rate, self.frames = sample_rate, int(duration * FEATURE_RATE)
         self.output_samples = round(duration * sample_rate)
-        self.render_seconds = duration  # the clip the loss reads: a loop's is longer (its tail folds in)
+        self.render_seconds = rendered_seconds(controls, duration)  # the clip the loss reads
         if self.frames < 4:
             raise ValueError(f"{duration:g} s is too short to control (at least {4 / FEATURE_RATE:g} s)")
         self.weights = {name: float((weights or {}).get(name, 1.0)) for name in controls}
@@ -91,7 +97,6 @@ class ControlLoss:
             if not 1 <= overlap <= self.frames // 2:
                 raise ValueError(f"loop {seconds:g} s must be between {1 / FEATURE_RATE:g} s and half the clip")
             self.targets["loop"] = overlap
-            self.render_seconds = duration + seconds
         if "melody" in controls:
             melody = controls["melody"]
             if not (torch.is_tensor(melody) and melody.dim() == 3 and melody.shape[1] == 12):

@@ -258,7 +258,7 @@ def fold_loop(wav: torch.Tensor, overlap: int) -> torch.Tensor:
     r = ((head * tail).sum(dims) / (head.pow(2).sum(dims) * tail.pow(2).sum(dims)).sqrt().clamp_min(1e-12)).clamp(-1, 1)
     t = (torch.arange(overlap, dtype=torch.float64) / overlap).to(wav.device)
     gain = (t.pow(2) + (1 - t).pow(2) + 2 * t * (1 - t) * r.double().clamp_min(0)).rsqrt()
-    faded = ((gain * t).to(wav) * head + (gain * (1 - t)).to(wav) * tail)
+    faded = (gain * t).to(wav) * head + (gain * (1 - t)).to(wav) * tail
     return torch.cat([faded, wav[..., overlap:length]], dim=-1)
 
 

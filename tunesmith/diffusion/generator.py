@@ -25,7 +25,7 @@ import torch
 from tunesmith.audio import AUDIO_SUFFIXES, Audio, load_audio
 from tunesmith.conditioning.conditions import Conditioning, from_prompts
 from tunesmith.conditioning.melody import melody_chroma
-from tunesmith.control.ditto import FEATURE_RATE, ControlLoss
+from tunesmith.control.ditto import FEATURE_RATE, ControlLoss, rendered_seconds
 from tunesmith.control.features import loudness_curve
 from tunesmith.control.optimize import optimize_noise
 from tunesmith.diffusion.denoiser import CountingDenoiser, Denoiser
@@ -179,11 +179,6 @@ class LatentDiffusionGenerator(Generator):
         student used as the model itself optimises through its own step (``steps`` is then moot)."""
         b = cond.batch_size() or 1
         loss = ControlLoss(reference_targets(targets, duration), self.sample_rate, duration, weights)
-        sigmas = get_sigmas("exponential", steps, 0.01, 80.0)
-        if surrogate is None and int(self.sampler_defaults.get("steps", 0) or 0) == 1:
-            # a one-step student: its own map (one denoising from sigma_max) is what it samples with,
-            # so the noise is optimised through exactly that (DITTO-2 with the student as the model)
-            sigmas = torch.tensor([float(self.sampler_defaults.get("sigma_max", 80.0)), 0.0])
         if surrogate is None:
             net = self.model
             denoiser = Denoiser(net, net.config.parameterization, net.config.sigma_data)
@@ -192,7 +187,14 @@ class LatentDiffusionGenerator(Generator):
             net = self.surrogate_model(surrogate)
             denoiser = Denoiser(net, net.config.parameterization, net.config.sigma_data)
             guided = cfg_denoiser(denoiser, cond.model_inputs(), None, 1.0)
-            sigmas = torch.tensor([80.0, 0.0])  # one student step from pure noise
+        if surrogate is not None:  # one student step from pure noise
+            sigmas = torch.tensor([80.0, 0.0])
+        elif int(self.sampler_defaults.get("steps", 0) or 0) == 1:
+            # a one-step student as the model: its own map (one denoising from sigma_max) is what it
+            # samples with, so the noise is optimised through exactly that
+            sigmas = torch.tensor([float(self.sampler_defaults.get("sigma_max", 80.0)), 0.0])
+        else:
+            sigmas = get_sigmas("exponential", steps, 0.01, 80.0)
         samples = self.num_samples(loss.render_seconds)
 
         def loss_of(latents: torch.Tensor) -> torch.Tensor:
@@ -316,8 +318,7 @@ class LatentDiffusionGenerator(Generator):
         optimisation = {key: controls.pop(name) for key, name in (("iterations", "control_iterations"), ("lr", "control_lr"),
                         ("steps", "control_steps"), ("weights", "control_weights"),
                         ("surrogate", "control_surrogate")) if name in controls}
-        # a loop is rendered longer by its overlap, whose tail is then folded into the head
-        render = duration + float(targets["loop"]) if isinstance(targets.get("loop"), (int, float)) else duration
+        render = rendered_seconds(targets, duration)  # a loop: longer by its overlap, folded in after decoding
         if render > self.max_duration + 1e-9:
             raise ValueError(f"a {duration:g} s loop is rendered {render:g} s long (duration + loop), over this "
                              f"model's {self.max_duration:g} s: shorten the duration or the loop")
